@@ -1,0 +1,1 @@
+"""Integration tests: real twistd processes and real clients."""

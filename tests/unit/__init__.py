@@ -1,0 +1,1 @@
+"""Unit tests: no real sockets, no real time."""

@@ -1,0 +1,29 @@
+"""Domain errors of the storage layer, raised to the registry.
+
+The registry maps each of these to one of the spec's error codes; nothing here knows
+about HTTP.
+"""
+
+
+class StorageError(Exception):
+    """Base class of every error the storage layer raises on purpose."""
+
+
+class BlobUnknown(StorageError):
+    """No recipe exists for the digest asked for."""
+
+
+class DigestMismatch(StorageError):
+    """The bytes received do not hash to the digest the client stated."""
+
+
+class UploadFailed(StorageError):
+    """An upload can no longer complete: a chunk could not be placed on enough relays."""
+
+
+class StorageUnavailable(StorageError):
+    """Too few relays answered to read or write the data: the client may retry later."""
+
+
+class RecordConflict(StorageError):
+    """A record changed between read and write, and the caller asked to be told."""

@@ -1,0 +1,77 @@
+"""The storage layer as the registry sees it: two small protocols.
+
+The registry never talks to the bus. It asks a `Storage` for blobs by digest and for
+small records by key, and streams uploads into a `BlobUpload`. The real implementation
+(`treescale.store.cluster`) spreads chunks over relays; tests of the registry use an
+in-memory one. Both are checked against these protocols.
+
+Digests are strings in the spec's form, ``sha256:<64 lowercase hex>``.
+"""
+
+from typing import Protocol
+
+from twisted.internet.interfaces import IConsumer, IPushProducer
+
+
+class BlobUpload(Protocol):
+    """A blob being written, one byte stream cut into chunks as it arrives.
+
+    Data may arrive over several HTTP requests (chunked uploads); the upload keeps the
+    partial last chunk and the running hash between them.
+    """
+
+    @property
+    def size(self) -> int:
+        """Bytes accepted so far."""
+
+    def register_producer(self, producer: IPushProducer) -> None:
+        """Pause `producer` while the window of chunk puts in flight is full."""
+
+    def unregister_producer(self) -> None:
+        """Stop pausing the producer registered last (its request has ended)."""
+
+    def write(self, data: bytes) -> None:
+        """Accept more bytes; raises `UploadFailed` once a chunk put has failed."""
+
+    async def drain(self) -> None:
+        """Wait until every full chunk cut so far is stored on its relays."""
+
+    async def finish(self, digest: str) -> int:
+        """Store the last chunk, check the whole blob's digest, write its recipe.
+
+        Returns the blob's size. Raises `DigestMismatch` when the bytes do not hash to
+        `digest` (nothing is then recorded), `UploadFailed` when a chunk was lost.
+        """
+
+    def abort(self) -> None:
+        """Give the upload up; its stored chunks become garbage."""
+
+
+class Storage(Protocol):
+    """Blobs by digest and records by key, wherever they are kept."""
+
+    async def blob_size(self, digest: str) -> int | None:
+        """The size of a stored blob, or None when no recipe exists for it."""
+
+    def blob_upload(self) -> BlobUpload:
+        """Start a new upload."""
+
+    async def blob_read(
+        self, digest: str, start: int, end: int, consumer: IConsumer
+    ) -> None:
+        """Write bytes ``[start, end)`` of a blob to `consumer`, in order.
+
+        Registers a producer on `consumer` for the duration so the consumer's
+        backpressure holds the window; unregisters it before returning. Raises
+        `BlobUnknown` when there is no such blob. Cancelling the call stops the
+        fetches. The caller checks the range against `blob_size` first.
+        """
+
+    async def blob_put(self, data: bytes) -> str:
+        """Store a small blob held in memory (a manifest); returns its digest."""
+
+    async def record_get(self, key: str) -> bytes | None:
+        """The newest value of a record, or None when it was never written."""
+
+    async def record_put(self, key: str, value: bytes | None) -> None:
+        """Write a record (None deletes it); returns once a quorum holds it."""
