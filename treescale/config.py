@@ -1,0 +1,298 @@
+"""The topology file: every node of one tree, read and checked into frozen values.
+
+The same file is deployed to every host. Each process picks the nodes it runs (see
+`Topology.local_nodes`). Validation happens here, once, so the rest of the program can
+trust what it is given: exactly one root, no cycles, unique names and ids, every parent
+known, addresses that parse, sizes that are positive. A `ConfigError` names the file,
+the node and the field, so an operator can fix the line at once.
+"""
+
+import ipaddress
+import socket
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROLES = frozenset({"registry", "store"})
+
+DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
+DEFAULT_REPLICAS = 2
+DEFAULT_RECORD_REPLICAS = 3
+DEFAULT_WINDOW = 8
+
+# Bounds that keep a typo from taking a node down: a chunk must fit comfortably in
+# memory and travel as a handful of bus pieces.
+MIN_CHUNK_SIZE = 64 * 1024
+MAX_CHUNK_SIZE = 64 * 1024 * 1024
+MAX_WINDOW = 256
+
+
+class ConfigError(Exception):
+    """A topology file that cannot be used, with where and why in the message."""
+
+    def __init__(self, source: Path | str, node: str | None, field: str, why: str):
+        where = f"{source}: node {node!r}" if node else f"{source}"
+        super().__init__(f"{where}: field {field!r}: {why}")
+        self.source = source
+        self.node = node
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Address:
+    """A host and a port to listen on or dial."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """One node of the tree as the topology file states it."""
+
+    name: str
+    id: int
+    bus: Address
+    parent: str | None
+    roles: frozenset[str]
+    http: str | None
+    weight: float
+    domain: str
+
+    @property
+    def is_store(self) -> bool:
+        return "store" in self.roles
+
+    @property
+    def is_registry(self) -> bool:
+        return "registry" in self.roles
+
+
+@dataclass(frozen=True)
+class Topology:
+    """The whole tree and the cluster-wide settings."""
+
+    source: Path
+    cluster: str
+    data_dir: Path
+    chunk_size: int
+    replicas: int
+    record_replicas: int
+    window: int
+    nodes: tuple[NodeConfig, ...]
+
+    def node(self, name: str) -> NodeConfig:
+        """The node called `name`; `ConfigError` when the file has none."""
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise ConfigError(self.source, name, "name", "no such node in this file")
+
+    @property
+    def stores(self) -> tuple[NodeConfig, ...]:
+        return tuple(node for node in self.nodes if node.is_store)
+
+    @property
+    def parents(self) -> dict[str, str | None]:
+        return {node.name: node.parent for node in self.nodes}
+
+    def local_nodes(self) -> tuple[NodeConfig, ...]:
+        """Every node whose bus address is on this host: the embedded default."""
+        return tuple(node for node in self.nodes if is_local_host(node.bus.host))
+
+
+def load(path: Path | str, data_dir: Path | str | None = None) -> Topology:
+    """Read and validate a topology file; `data_dir` overrides the file's setting."""
+    source = Path(path)
+    try:
+        raw = tomllib.loads(source.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(source, None, "-", f"cannot read the file: {e.strerror}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(source, None, "-", f"not valid TOML: {e}") from e
+    return parse(raw, source, data_dir)
+
+
+def parse(
+    raw: Mapping[str, Any], source: Path, data_dir: Path | str | None = None
+) -> Topology:
+    """Validate a decoded topology document."""
+    cluster = _table(raw.get("cluster", {}), source, None, "cluster")
+    node_tables = raw.get("node")
+    if not isinstance(node_tables, list) or not node_tables:
+        raise ConfigError(source, None, "node", "the file must list at least one [[node]]")
+
+    nodes = tuple(_parse_node(table, source, index) for index, table in
+                  enumerate(node_tables))
+    _check_unique(nodes, source)
+    _check_tree(nodes, source)
+
+    chosen_dir = data_dir if data_dir is not None else cluster.get("data_dir")
+    topology = Topology(
+        source=source,
+        cluster=_string(cluster.get("name", "treescale"), source, None, "cluster.name"),
+        data_dir=Path(_string(str(chosen_dir or "./treescale-data"), source, None,
+                              "cluster.data_dir")),
+        chunk_size=_bounded_int(cluster.get("chunk_size", DEFAULT_CHUNK_SIZE), source,
+                                "cluster.chunk_size", MIN_CHUNK_SIZE, MAX_CHUNK_SIZE),
+        replicas=_bounded_int(cluster.get("replicas", DEFAULT_REPLICAS), source,
+                              "cluster.replicas", 1, 16),
+        record_replicas=_bounded_int(
+            cluster.get("record_replicas", DEFAULT_RECORD_REPLICAS), source,
+            "cluster.record_replicas", 1, 16),
+        window=_bounded_int(cluster.get("window", DEFAULT_WINDOW), source,
+                            "cluster.window", 1, MAX_WINDOW),
+        nodes=nodes,
+    )
+    _check_stores(topology)
+    return topology
+
+
+def _parse_node(table: object, source: Path, index: int) -> NodeConfig:
+    node = _table(table, source, f"#{index + 1}", "node")
+    name = _string(node.get("name"), source, f"#{index + 1}", "name")
+    if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise ConfigError(source, name, "name", "use letters, digits, '-', '_' or '.'")
+
+    roles_raw = node.get("roles", ["store"])
+    if not isinstance(roles_raw, list) or not roles_raw:
+        raise ConfigError(source, name, "roles", "a non-empty list of roles")
+    roles = frozenset(str(role) for role in roles_raw)
+    if not roles <= ROLES:
+        unknown = ", ".join(sorted(roles - ROLES))
+        raise ConfigError(source, name, "roles", f"unknown role {unknown}; use "
+                          "'registry' and/or 'store'")
+
+    http = node.get("http")
+    if "registry" in roles and not http:
+        raise ConfigError(source, name, "http", "a registry node needs an http "
+                          "endpoint, e.g. 'tcp:5000:interface=127.0.0.1'")
+    if http is not None:
+        http = _string(http, source, name, "http")
+
+    parent = node.get("parent")
+    weight = node.get("weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or weight <= 0:
+        raise ConfigError(source, name, "weight", "a positive number")
+
+    return NodeConfig(
+        name=name,
+        id=_bounded_int(node.get("id"), source, "id", 1, 100_000, node=name),
+        bus=_parse_address(node.get("bus"), source, name),
+        parent=None if parent is None else _string(parent, source, name, "parent"),
+        roles=roles,
+        http=http,
+        weight=float(weight),
+        domain=_string(node.get("domain", name), source, name, "domain"),
+    )
+
+
+def _parse_address(value: object, source: Path, node: str) -> Address:
+    text = _string(value, source, node, "bus")
+    host, sep, port_text = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_text.isdigit():
+        raise ConfigError(source, node, "bus", f"{text!r} is not HOST:PORT")
+    port = int(port_text)
+    if not 0 < port < 65536:
+        raise ConfigError(source, node, "bus", f"port {port} is out of range")
+    return Address(host, port)
+
+
+def _check_unique(nodes: tuple[NodeConfig, ...], source: Path) -> None:
+    seen_names: set[str] = set()
+    seen_ids: dict[int, str] = {}
+    seen_buses: dict[Address, str] = {}
+    for node in nodes:
+        if node.name in seen_names:
+            raise ConfigError(source, node.name, "name", "appears twice")
+        if node.id in seen_ids:
+            raise ConfigError(source, node.name, "id",
+                              f"{node.id} is already the id of {seen_ids[node.id]!r}")
+        if node.bus in seen_buses:
+            raise ConfigError(source, node.name, "bus",
+                              f"{node.bus} is already used by {seen_buses[node.bus]!r}")
+        seen_names.add(node.name)
+        seen_ids[node.id] = node.name
+        seen_buses[node.bus] = node.name
+
+
+def _check_tree(nodes: tuple[NodeConfig, ...], source: Path) -> None:
+    by_name = {node.name: node for node in nodes}
+    roots = [node.name for node in nodes if node.parent is None]
+    if len(roots) != 1:
+        listed = ", ".join(roots) or "none"
+        raise ConfigError(source, roots[1] if len(roots) > 1 else None, "parent",
+                          f"exactly one node must have no parent (roots: {listed})")
+
+    for node in nodes:
+        if node.parent is not None and node.parent not in by_name:
+            raise ConfigError(source, node.name, "parent",
+                              f"{node.parent!r} is not a node of this file")
+        path = [node.name]
+        current = node
+        while current.parent is not None:
+            if current.parent in path:
+                raise ConfigError(source, node.name, "parent",
+                                  "cycle: " + " -> ".join([*path, current.parent]))
+            path.append(current.parent)
+            current = by_name[current.parent]
+
+
+def _check_stores(topology: Topology) -> None:
+    if not topology.stores:
+        raise ConfigError(topology.source, None, "roles", "no node has the store role")
+    if not any(node.is_registry for node in topology.nodes):
+        raise ConfigError(topology.source, None, "roles",
+                          "no node has the registry role")
+
+
+def _table(value: object, source: Path, node: str | None, field: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(source, node, field, "must be a table")
+    return value
+
+
+def _string(value: object, source: Path, node: str | None, field: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(source, node, field, "a non-empty string is required")
+    return value
+
+
+def _bounded_int(
+    value: object, source: Path, field: str, low: int, high: int,
+    node: str | None = None,
+) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(source, node, field, "an integer is required")
+    if not low <= value <= high:
+        raise ConfigError(source, node, field, f"{value} is not in {low}..{high}")
+    return value
+
+
+def is_local_host(host: str) -> bool:
+    """Whether `host` names an address of this machine (loopback included)."""
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return True
+    except ValueError:
+        if host == "localhost":
+            return True
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    addresses = {info[4][0] for info in infos}
+    local = {"127.0.0.1", "::1"}
+    try:
+        local.update(
+            info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None)
+        )
+    except OSError:
+        pass
+    return bool(addresses & local)

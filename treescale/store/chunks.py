@@ -1,0 +1,329 @@
+"""One relay's chunks: content-addressed files on its local disk.
+
+Everything here is blocking, synchronous file code. The relay runs it in a thread pool
+(``deferToThreadPool``), never on the reactor thread. A `ChunkStore` keeps no state
+besides its paths, so threads may share one; a `ChunkWriter` belongs to one caller.
+
+Layout under the store's root::
+
+    ROOT/
+      chunks/
+        sha256/
+          <first 2 hex>/        shards the directory so no folder grows huge
+            <64 hex>            a whole chunk whose bytes hashed to its name when
+                                it was committed; read() checks it again
+      tmp/
+        <random>.part           a write in progress: bytes land here, are hashed and
+                                fsynced, then renamed into chunks/; anything left
+                                here is a crash's residue and is removed at open
+      quarantine/
+        <64 hex>                a chunk whose bytes no longer matched its name when
+                                read, kept aside for an operator to look at
+
+A chunk appears under ``chunks/`` only by a rename of a complete, verified, fsynced
+temporary file on the same filesystem, so a crash at any instant leaves either the
+whole chunk or nothing there. ``tmp/`` must therefore live on the same filesystem as
+``chunks/``, which holds as long as nobody mounts something over it.
+
+Errors: a bad digest string, a missing chunk and bytes that do not match their digest
+are `ChunkError`s. A failing disk (full, read-only, I/O error) surfaces as the
+`OSError` the operating system raised.
+"""
+
+import hashlib
+import os
+import pathlib
+import re
+import secrets
+from collections.abc import Iterator
+from typing import BinaryIO, Literal
+
+from twisted.logger import Logger
+
+_DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
+_HEX = re.compile(r"[0-9a-f]{64}")
+_ALGORITHM = "sha256"
+_PART_SUFFIX = ".part"
+
+
+class ChunkError(Exception):
+    """Base class of every error about a chunk, as opposed to the disk under it."""
+
+
+class ChunkMissing(ChunkError):
+    """This store holds no chunk with the digest asked for."""
+
+
+class ChunkCorrupt(ChunkError):
+    """The bytes do not hash to the chunk's digest, or are not its stated size."""
+
+
+def chunk_digest(data: bytes) -> str:
+    """The digest naming a chunk of these bytes, in the spec's form."""
+    return f"{_ALGORITHM}:{hashlib.sha256(data).hexdigest()}"
+
+
+def _hex_of(digest: str) -> str:
+    """The 64 hex digits of a caller's digest, refusing anything else.
+
+    The hex becomes a file name, so this check is what keeps a hostile digest such as
+    ``sha256:../../x`` from naming a path outside the store.
+    """
+    match = _DIGEST.fullmatch(digest) if isinstance(digest, str) else None
+    if match is None:
+        raise ChunkError(f"not a sha256 digest: {digest!r:.80}")
+    return match.group(1)
+
+
+def _fsync_dir(path: pathlib.Path) -> None:
+    """Make the entries of a directory (a rename, a new file) survive a power loss."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class ChunkWriter:
+    """One chunk being written, made by `ChunkStore.open_writer`.
+
+    Bytes go to a temporary file until `commit`. The writer knows the digest and size
+    the chunk must have, hashes as bytes arrive, and renames the file into place only
+    when both match. Every way out other than a successful `commit` removes the
+    temporary file.
+    """
+
+    def __init__(
+        self,
+        temp: pathlib.Path,
+        final: pathlib.Path,
+        hex_digest: str,
+        size: int,
+        *,
+        fsync: bool,
+    ) -> None:
+        self._temp = temp
+        self._final = final
+        self._hex = hex_digest
+        self._size = size
+        self._fsync = fsync
+        self._written = 0
+        self._hash = hashlib.sha256()
+        self._state: Literal["open", "committed", "aborted"] = "open"
+        self._file: BinaryIO = open(temp, "xb")  # noqa: SIM115 (closed by commit/abort)
+
+    def write(self, data: bytes) -> None:
+        """Append bytes to the chunk.
+
+        Bytes past the stated size mean the stream is not this chunk: the write is
+        refused with `ChunkCorrupt` and the writer gives up (its temp file is removed).
+        """
+        self._check_open()
+
+        if self._written + len(data) > self._size:
+            self.abort()
+            raise ChunkCorrupt(
+                f"chunk sha256:{self._hex} is {self._size} bytes; got more"
+            )
+
+        self._file.write(data)
+        self._hash.update(data)
+        self._written += len(data)
+
+    def commit(self) -> None:
+        """Check the bytes against the digest and size, then store them durably.
+
+        Raises `ChunkCorrupt` (and removes the temp file) when they do not match. A
+        chunk already stored is simply replaced by the same bytes.
+        """
+        self._check_open()
+        self._verify()
+
+        try:
+            self._file.flush()
+            if self._fsync:
+                os.fsync(self._file.fileno())
+            self._file.close()
+
+            self._make_shard()
+            os.replace(self._temp, self._final)
+            if self._fsync:
+                _fsync_dir(self._final.parent)
+        except BaseException:
+            self.abort()
+            raise
+
+        self._state = "committed"
+
+    def abort(self) -> None:
+        """Give the write up and remove the temp file; harmless to call again.
+
+        After a successful `commit` this does nothing, so callers may abort in a
+        ``finally`` block.
+        """
+        if self._state != "open":
+            return
+
+        self._state = "aborted"
+        self._file.close()
+        self._temp.unlink(missing_ok=True)
+
+    def _check_open(self) -> None:
+        """Refuse use of a writer that was already committed or aborted."""
+        if self._state != "open":
+            raise ChunkError(f"writer for sha256:{self._hex} is {self._state}")
+
+    def _verify(self) -> None:
+        """Raise `ChunkCorrupt`, giving up, unless size and hash are the stated ones."""
+        if self._written != self._size:
+            self.abort()
+            raise ChunkCorrupt(
+                f"chunk sha256:{self._hex} is {self._size} bytes; got {self._written}"
+            )
+
+        actual = self._hash.hexdigest()
+        if actual != self._hex:
+            self.abort()
+            raise ChunkCorrupt(f"bytes for sha256:{self._hex} hash to sha256:{actual}")
+
+    def _make_shard(self) -> None:
+        """Create the chunk's shard directory, durably when it is new."""
+        shard = self._final.parent
+        if shard.is_dir():
+            return
+
+        shard.mkdir(exist_ok=True)
+        if self._fsync:
+            _fsync_dir(shard.parent)
+
+
+class ChunkStore:
+    """The chunk files under one root directory, addressed by digest."""
+
+    log = Logger()
+
+    def __init__(self, root: pathlib.Path, *, fsync: bool = True) -> None:
+        """Open (creating if needed) a store and clear a crash's leftover writes.
+
+        `fsync` off trades durability on power loss for speed, for tests and scratch
+        stores: a chunk may then come back truncated, and `read` quarantines it.
+        """
+        self._root = root
+        self._fsync = fsync
+        self._chunks = root / "chunks" / _ALGORITHM
+        self._tmp = root / "tmp"
+        self._quarantine = root / "quarantine"
+
+        for path in (self._chunks, self._tmp, self._quarantine):
+            path.mkdir(parents=True, exist_ok=True)
+
+        self._remove_leftovers()
+
+    def has(self, digest: str) -> bool:
+        """Whether a chunk file exists; its bytes are checked only by `read`."""
+        return self._path(digest).is_file()
+
+    def size(self, digest: str) -> int | None:
+        """The size of the chunk file on disk, or None when there is none."""
+        try:
+            return self._path(digest).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def open_writer(self, digest: str, size: int) -> ChunkWriter:
+        """Start writing the chunk that must hash to `digest` and be `size` bytes."""
+        hex_digest = _hex_of(digest)
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ChunkError(f"not a chunk size: {size!r}")
+
+        temp = self._tmp / f"{secrets.token_hex(16)}{_PART_SUFFIX}"
+        return ChunkWriter(
+            temp, self._path_of(hex_digest), hex_digest, size, fsync=self._fsync
+        )
+
+    def read(self, digest: str) -> bytes:
+        """The whole chunk, verified against its digest.
+
+        Raises `ChunkMissing` when there is none. Bytes that no longer match move to
+        quarantine and raise `ChunkCorrupt`, so the next read finds the chunk missing
+        and the relay fetches a good copy rather than serving this one.
+        """
+        hex_digest = _hex_of(digest)
+        path = self._path_of(hex_digest)
+
+        try:
+            with open(path, "rb") as chunk_file:
+                inode = os.fstat(chunk_file.fileno()).st_ino
+                data = chunk_file.read()
+        except FileNotFoundError:
+            raise ChunkMissing(digest) from None
+
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != hex_digest:
+            self._quarantine_chunk(hex_digest, inode)
+            raise ChunkCorrupt(
+                f"stored bytes of {digest} ({len(data)} bytes) hash to sha256:{actual}"
+            )
+
+        return data
+
+    def delete(self, digest: str) -> None:
+        """Remove a chunk; deleting one that is not there is not an error.
+
+        The removal is not fsynced: after a power loss the chunk may come back, which
+        costs disk space and nothing else.
+        """
+        self._path(digest).unlink(missing_ok=True)
+
+    def digests(self) -> Iterator[str]:
+        """Every chunk stored, in digest order; stray files are skipped."""
+        for shard in sorted(self._chunks.iterdir()):
+            if not shard.is_dir():
+                continue
+
+            for entry in sorted(shard.iterdir()):
+                name = entry.name
+                if _HEX.fullmatch(name) and name[:2] == shard.name:
+                    yield f"{_ALGORITHM}:{name}"
+
+    def _path(self, digest: str) -> pathlib.Path:
+        """The file a caller's digest names, once the digest is known to be valid."""
+        return self._path_of(_hex_of(digest))
+
+    def _path_of(self, hex_digest: str) -> pathlib.Path:
+        """The file of a chunk whose hex digest is already validated."""
+        return self._chunks / hex_digest[:2] / hex_digest
+
+    def _quarantine_chunk(self, hex_digest: str, inode: int) -> None:
+        """Move a corrupt chunk aside, unless a good copy replaced it meanwhile."""
+        path = self._path_of(hex_digest)
+
+        # Shortcoming: a writer renaming a good copy into place between the inode
+        # check and the rename below sees its copy quarantined; the chunk is then
+        # fetched again, so the cost is a wasted fetch, never a wrong byte.
+        try:
+            if path.stat().st_ino != inode:
+                return
+            os.replace(path, self._quarantine / hex_digest)
+        except FileNotFoundError:
+            return
+
+        self.log.error(
+            "Quarantined corrupt chunk {digest} under {path}",
+            digest=f"{_ALGORITHM}:{hex_digest}",
+            path=str(self._quarantine / hex_digest),
+        )
+
+    def _remove_leftovers(self) -> None:
+        """Delete temporary files a crash left behind; they were never committed."""
+        removed = 0
+        for part in self._tmp.glob(f"*{_PART_SUFFIX}"):
+            part.unlink(missing_ok=True)
+            removed += 1
+
+        if removed:
+            self.log.info(
+                "Removed {count} unfinished chunk writes from {path}",
+                count=removed,
+                path=str(self._tmp),
+            )
