@@ -1,0 +1,231 @@
+"""One edge of the tree as a Twisted protocol: handshake, heartbeats, frames in and out.
+
+A link only feeds bytes to the sans-IO `FrameDecoder` and writes what `encode` returns.
+What the frames mean is the node's business (`treescale.bus.node`).
+
+The handshake: each side sends HELLO first (cluster name, node name, protocol version,
+topology hash) and accepts nothing else until the peer's HELLO has been checked. A
+mismatch closes the link with a logged reason, since routes computed from different
+trees would deliver events to the wrong nodes.
+
+Backpressure: the link registers itself as a streaming producer on its transport, so
+the transport pauses it when its write buffer is full. Senders of chunk data wait on
+`wait_writable()`; a link whose unsent bytes still pass `max_unsent` is dropped, so an
+outbound queue never grows without bound.
+"""
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from treescale.bus.frames import Frame, FrameDecoder, FrameError, Kind, encode
+
+if TYPE_CHECKING:
+    from treescale.bus.node import BusNode
+
+PROTOCOL_VERSION = 1
+
+
+@dataclass(frozen=True)
+class LinkSettings:
+    """Timers and caps of every link; named so an operator can find them."""
+
+    heartbeat_interval: float = 5.0
+    idle_timeout: float = 20.0
+    handshake_timeout: float = 10.0
+    max_unsent: int = 64 * 1024 * 1024
+
+
+class Link(Protocol):
+    """The local end of one tree edge, after and during its handshake."""
+
+    log = Logger()
+
+    def __init__(self, node: "BusNode", expected_peer: str | None) -> None:
+        self.node = node
+        self.expected_peer = expected_peer
+        self.peer: str | None = None
+        self.settings = node.link_settings
+        self.clock: IReactorTime = node.clock
+        self._decoder = FrameDecoder()
+        self._paused = False
+        self._unsent = 0
+        self._writable_waiters: list[Deferred[None]] = []
+        self._holds = 0
+        self._last_heard = 0.0
+        self._heartbeat: LoopingCall | None = None
+        self._handshake_timer: IDelayedCall | None = None
+        self._closed = False
+
+    # Connection life.
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.registerProducer(self, True)  # type: ignore[attr-defined]
+        self._last_heard = self.clock.seconds()
+        self._handshake_timer = self.clock.callLater(
+            self.settings.handshake_timeout, self._handshake_expired
+        )
+        self.send(self.node.hello_frame())
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+        self._closed = True
+        self._stop_timers()
+        for waiter in self._writable_waiters:
+            waiter.errback(ConnectionError("link lost"))
+        self._writable_waiters = []
+        if self.peer is not None:
+            self.node.link_lost(self.peer, self)
+
+    def dataReceived(self, data: bytes) -> None:
+        self._last_heard = self.clock.seconds()
+        try:
+            frames = self._decoder.feed(data)
+        except FrameError as e:
+            self.abort("bad frame from peer: {}".format(e))
+            return
+        for frame in frames:
+            if self._closed:
+                return
+            self._frame_received(frame)
+
+    def _frame_received(self, frame: Frame) -> None:
+        if self.peer is None:
+            self._hello_received(frame)
+        elif frame.kind == Kind.HEARTBEAT:
+            return
+        elif frame.kind == Kind.HELLO:
+            self.abort("a second HELLO on an open link")
+        else:
+            self.node.frame_received(self.peer, frame, self)
+
+    def _hello_received(self, frame: Frame) -> None:
+        if frame.kind != Kind.HELLO:
+            self.abort("expected HELLO, got {}".format(frame.kind.name))
+            return
+        why, peer = self.node.check_hello(frame.meta, self.expected_peer)
+        if why:
+            self.abort(why)
+            return
+        assert peer is not None
+        self.peer = peer
+        if self._handshake_timer is not None and self._handshake_timer.active():
+            self._handshake_timer.cancel()
+        self._handshake_timer = None
+        self._heartbeat = LoopingCall(self._beat)
+        self._heartbeat.clock = self.clock
+        self._heartbeat.start(self.settings.heartbeat_interval, now=False)
+        self.node.link_up(peer, self)
+
+    # Timers.
+
+    def _beat(self) -> None:
+        silent = self.clock.seconds() - self._last_heard
+        if silent > self.settings.idle_timeout:
+            self.abort("peer silent for {:.1f} s".format(silent))
+            return
+        self.send(self.node.heartbeat_frame())
+
+    def _handshake_expired(self) -> None:
+        self._handshake_timer = None
+        self.abort("no HELLO within {} s".format(self.settings.handshake_timeout))
+
+    def _stop_timers(self) -> None:
+        if self._heartbeat is not None and self._heartbeat.running:
+            self._heartbeat.stop()
+        self._heartbeat = None
+        if self._handshake_timer is not None and self._handshake_timer.active():
+            self._handshake_timer.cancel()
+        self._handshake_timer = None
+
+    # Sending.
+
+    def send(self, frame: Frame) -> None:
+        """Write one frame; drops the link when too much is waiting unsent."""
+        if self._closed or self.transport is None:
+            return
+        data = encode(frame)
+        if self._paused:
+            self._unsent += len(data)
+            if self._unsent > self.settings.max_unsent:
+                self.abort(
+                    "{} bytes unsent to a peer that does not read".format(self._unsent)
+                )
+                return
+        self.transport.write(data)
+
+    @property
+    def writable(self) -> bool:
+        return not self._paused and not self._closed
+
+    def wait_writable(self) -> "Deferred[None]":
+        """Fire when the transport can take more; fail if the link goes away first."""
+        if self._closed:
+            d: Deferred[None] = Deferred()
+            d.errback(ConnectionError("link lost"))
+            return d
+        if not self._paused:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._writable_waiters.append(waiter)
+        return waiter
+
+    def abort(self, why: str) -> None:
+        """Close the link at once, logging why."""
+        if self._closed:
+            return
+        self.log.warn(
+            "bus link to {peer} dropped: {why}",
+            peer=self.peer or self.expected_peer or "(unknown)",
+            why=why,
+        )
+        self._closed = True
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    # IPushProducer, as seen by our transport.
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._unsent = 0
+        waiters, self._writable_waiters = self._writable_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def stopProducing(self) -> None:
+        self._paused = True
+
+    # Inbound backpressure: a node forwarding onto a slow link holds this one.
+
+    def hold(self) -> None:
+        """Stop reading from the peer until every hold is released."""
+        self._holds += 1
+        if self._holds == 1 and self.transport is not None:
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
+
+    def release(self) -> None:
+        self._holds -= 1
+        if self._holds == 0 and self.transport is not None and not self._closed:
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
+
+
+class LinkFactory(Factory):
+    """Builds links for one node: accepted children, or the dialled parent."""
+
+    def __init__(self, node: "BusNode", expected_peer: str | None) -> None:
+        self.node = node
+        self.expected_peer = expected_peer
+        self.noisy = False
+
+    def buildProtocol(self, addr: object) -> Link:
+        return Link(self.node, self.expected_peer)
+

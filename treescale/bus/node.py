@@ -1,0 +1,520 @@
+"""The local end of the bus: links to neighbours, routing, requests and their replies.
+
+A `BusNode` listens for its children, dials its parent (through `ClientService`, which
+owns retry and backoff), and routes every frame by the TreeScale path model of
+`treescale.bus.routing`. Above the frames it offers one verb, `request`: send an event to
+a named node and get its reply back.
+
+A request travels as a first frame of its kind, then its data as DATA pieces, the last
+one flagged END (a request without data carries END itself). The handler's answer comes
+back the same way: a REPLY frame then DATA pieces, or one ERROR frame. The origin can
+send CANCEL; the handler then stops. Every frame names the request it belongs to by its
+``correlation`` field, set to the event id of the request's first frame.
+
+Memory: a handler receives its request's data whole and a requester its reply's data
+whole, each bounded by a size the caller states (a chunk is at most a few MiB); the
+number of requests in flight is bounded by the callers' windows.
+"""
+
+import hashlib
+import json
+import random
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.service import MultiService
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.interfaces import IListeningPort, IReactorTCP, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from treescale.bus.frames import PIECE_SIZE, Flag, Frame, Kind
+from treescale.bus.link import PROTOCOL_VERSION, Link, LinkFactory, LinkSettings
+from treescale.bus.routing import RouteError, RouteTable, nth_prime
+from treescale.config import NodeConfig, Topology
+
+DEFAULT_TIMEOUT = 30.0
+SEEN_EVENTS = 65536
+
+
+class BusError(Exception):
+    """A request that did not get its answer."""
+
+
+class RemoteError(BusError):
+    """The far node answered with an error."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class LinkLost(BusError):
+    """The link the request left on went away before the answer came."""
+
+
+class Unreachable(BusError):
+    """No link toward the destination is up."""
+
+
+class RequestTimeout(BusError):
+    """No whole answer within the deadline."""
+
+
+class HandlerError(Exception):
+    """Raised by a handler to answer with a named error instead of a reply."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Message:
+    """A request as its handler sees it, or a reply as its requester sees it."""
+
+    kind: Kind
+    origin: str
+    meta: Mapping[str, Any]
+    data: bytes = b""
+
+
+Handler = Callable[[Message], Awaitable[Message]]
+
+
+def topology_hash(topology: Topology) -> str:
+    """A digest of the tree's shape: nodes that disagree on it must not link."""
+    shape = sorted(
+        (node.name, node.id, node.parent or "", sorted(node.roles))
+        for node in topology.nodes
+    )
+    return hashlib.sha256(json.dumps([topology.cluster, shape]).encode()).hexdigest()
+
+
+@dataclass
+class _Pending:
+    """A request of ours waiting for its answer."""
+
+    dest: str
+    link: str | None
+    max_data: int
+    done: "Deferred[Message]"
+    on_reply: Callable[[], None] | None
+    meta: Mapping[str, Any] | None = None
+    pieces: list[bytes] = field(default_factory=list)
+    received: int = 0
+
+
+@dataclass
+class _Inbound:
+    """A request to us whose data is still arriving, or whose handler runs."""
+
+    kind: Kind
+    origin: str
+    meta: Mapping[str, Any]
+    max_data: int
+    pieces: list[bytes] = field(default_factory=list)
+    received: int = 0
+    running: "Deferred[None] | None" = None
+
+
+class BusNode(MultiService):
+    """One node's view of the bus, run as a service."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        topology: Topology,
+        me: NodeConfig,
+        reactor: IReactorTCP,
+        clock: IReactorTime,
+        link_settings: LinkSettings = LinkSettings(),
+        max_request_data: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.topology = topology
+        self.me = me
+        self.reactor = reactor
+        self.clock = clock
+        self.link_settings = link_settings
+        self.max_request_data = max_request_data or topology.chunk_size + PIECE_SIZE
+        primes = {node.name: nth_prime(node.id) for node in topology.nodes}
+        self.routes = RouteTable(topology.parents, primes, me.name)
+        self.links: dict[str, Link] = {}
+        self.handlers: dict[Kind, Handler] = {}
+        self.link_listeners: list[Callable[[str, bool], None]] = []
+        self._hash = topology_hash(topology)
+        self._pending: dict[int, _Pending] = {}
+        self._inbound: dict[int, _Inbound] = {}
+        self._seen: OrderedDict[int, None] = OrderedDict()
+        self._port: IListeningPort | None = None
+        self._random = random.SystemRandom()
+        if me.parent is not None:
+            parent = topology.node(me.parent)
+            endpoint = TCP4ClientEndpoint(
+                reactor, parent.bus.host, parent.bus.port, timeout=10
+            )
+            dialer = ClientService(
+                endpoint,
+                LinkFactory(self, parent.name),
+                retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=10.0),
+                clock=clock,
+            )
+            dialer.setServiceParent(self)
+
+    # Service life.
+
+    def startService(self) -> None:
+        endpoint = TCP4ServerEndpoint(
+            self.reactor, self.me.bus.port, interface=self.me.bus.host
+        )
+        listening = endpoint.listen(LinkFactory(self, None))
+        listening.addCallback(self._listening)
+        listening.addErrback(self._listen_failed)
+        super().startService()
+
+    def _listening(self, port: IListeningPort) -> None:
+        self._port = port
+        self.log.info(
+            "bus of {node} listening on {address}", node=self.me.name, address=self.me.bus
+        )
+
+    def _listen_failed(self, failure: Failure) -> None:
+        self.log.failure(
+            "bus of {node} cannot listen on {address}",
+            failure,
+            node=self.me.name,
+            address=self.me.bus,
+        )
+        from twisted.internet import reactor
+
+        reactor.stop()  # type: ignore[attr-defined]
+
+    async def _stop(self) -> None:
+        await super().stopService()  # type: ignore[misc]
+        if self._port is not None:
+            await self._port.stopListening()  # type: ignore[misc]
+        for link in list(self.links.values()):
+            link.abort("node stopping")
+
+    def stopService(self) -> "Deferred[None]":
+        return Deferred.fromCoroutine(self._stop())
+
+    # Handshake, called by links.
+
+    def hello_frame(self) -> Frame:
+        meta = {
+            "cluster": self.topology.cluster,
+            "node": self.me.name,
+            "version": PROTOCOL_VERSION,
+            "topology": self._hash,
+        }
+        return Frame(Kind.HELLO, self._new_id(), meta=meta)
+
+    def heartbeat_frame(self) -> Frame:
+        return Frame(Kind.HEARTBEAT, self._new_id())
+
+    def check_hello(
+        self, meta: Mapping[str, Any], expected: str | None
+    ) -> tuple[str | None, str | None]:
+        """Why a peer's HELLO is refused (None when accepted), and the peer's name."""
+        peer = meta.get("node")
+        if meta.get("cluster") != self.topology.cluster:
+            return f"peer is of cluster {meta.get('cluster')!r}", None
+        if meta.get("version") != PROTOCOL_VERSION:
+            return f"peer speaks bus version {meta.get('version')!r}", None
+        if meta.get("topology") != self._hash:
+            return f"peer {peer!r} has another topology file", None
+        if not isinstance(peer, str):
+            return "HELLO without a node name", None
+        if expected is not None and peer != expected:
+            return f"dialled {expected!r} but {peer!r} answered", None
+        if expected is None and self._parent_of(peer) != self.me.name:
+            return f"{peer!r} is not a child of {self.me.name!r}", None
+        return None, peer
+
+    def _parent_of(self, name: str) -> str | None:
+        return self.topology.parents.get(name)
+
+    def link_up(self, peer: str, link: Link) -> None:
+        old = self.links.get(peer)
+        self.links[peer] = link
+        if old is not None and old is not link:
+            old.abort("replaced by a newer link")
+        self.log.info("bus link up: {node} <-> {peer}", node=self.me.name, peer=peer)
+        for listener in self.link_listeners:
+            listener(peer, True)
+
+    def link_lost(self, peer: str, link: Link) -> None:
+        if self.links.get(peer) is not link:
+            return
+        del self.links[peer]
+        self.log.warn("bus link down: {node} <-> {peer}", node=self.me.name, peer=peer)
+        for event_id, pending in list(self._pending.items()):
+            if pending.link == peer:
+                self._fail(event_id, LinkLost(f"link to {peer} lost"))
+        for listener in self.link_listeners:
+            listener(peer, False)
+
+    def reachable(self, name: str) -> bool:
+        """Whether the link toward `name` is up (always true for this node)."""
+        if name == self.me.name:
+            return True
+        try:
+            return self.routes.next_hop(name) in self.links
+        except RouteError:
+            return False
+
+    # Requests, the requester's side.
+
+    def request(
+        self,
+        dest: str,
+        kind: Kind,
+        meta: Mapping[str, Any],
+        data: bytes = b"",
+        *,
+        max_reply: int = 1024 * 1024,
+        timeout: float = DEFAULT_TIMEOUT,
+        on_reply: Callable[[], None] | None = None,
+    ) -> "Deferred[Message]":
+        """Send a request to `dest` and get its reply; cancel the Deferred to stop it.
+
+        `on_reply` is called when the reply starts to arrive, before its data: callers
+        racing several holders use it to cancel the slower ones.
+        """
+        event_id = self._new_id()
+        done: Deferred[Message] = Deferred(lambda _: self._cancel(event_id))
+        try:
+            hop = None if dest == self.me.name else self.routes.next_hop(dest)
+        except RouteError as e:
+            done.errback(Unreachable(str(e)))
+            return done
+        if hop is not None and hop not in self.links:
+            done.errback(Unreachable(f"no link toward {dest} (via {hop})"))
+            return done
+
+        self._pending[event_id] = _Pending(dest, hop, max_reply, done, on_reply)
+        timer = self.clock.callLater(
+            timeout, self._fail, event_id, RequestTimeout(f"{kind.name} to {dest}")
+        )
+        done.addBoth(self._settled, timer)
+
+        first = Frame(kind, event_id, meta={**meta, "origin": self.me.name})
+        ensureDeferred(self._send_stream(dest, first, data)).addErrback(
+            self._send_failed, event_id
+        )
+        return done
+
+    def _settled(self, result: object, timer: Any) -> object:
+        if timer.active():
+            timer.cancel()
+        return result
+
+    def _send_failed(self, failure: Failure, event_id: int) -> None:
+        self._fail(event_id, LinkLost(f"sending failed: {failure.getErrorMessage()}"))
+
+    def _cancel(self, event_id: int) -> None:
+        pending = self._pending.pop(event_id, None)
+        if pending is not None:
+            self._send_to(pending.dest, Frame(Kind.CANCEL, self._new_id(),
+                                              correlation=event_id))
+
+    def _fail(self, event_id: int, error: Exception) -> None:
+        pending = self._pending.pop(event_id, None)
+        if pending is not None and not pending.done.called:
+            if isinstance(error, RequestTimeout):
+                self._send_to(pending.dest, Frame(Kind.CANCEL, self._new_id(),
+                                                  correlation=event_id))
+            pending.done.errback(error)
+
+    def _answer_arrived(self, frame: Frame) -> None:
+        pending = self._pending.get(frame.correlation)
+        if pending is None:
+            return
+        if frame.kind == Kind.ERROR:
+            del self._pending[frame.correlation]
+            code = str(frame.meta.get("code", "error"))
+            pending.done.errback(RemoteError(code, str(frame.meta.get("message", ""))))
+            return
+        if frame.kind == Kind.REPLY:
+            pending.meta = frame.meta
+            if pending.on_reply is not None:
+                pending.on_reply()
+        if frame.payload:
+            pending.received += len(frame.payload)
+            if pending.received > pending.max_data:
+                self._fail(frame.correlation, BusError("reply larger than allowed"))
+                return
+            pending.pieces.append(frame.payload)
+        if frame.flags & Flag.END and pending.meta is not None:
+            del self._pending[frame.correlation]
+            reply = Message(Kind.REPLY, pending.dest, pending.meta,
+                            b"".join(pending.pieces))
+            pending.done.callback(reply)
+
+    # Requests, the handler's side.
+
+    def _request_arrived(self, frame: Frame) -> None:
+        origin = frame.meta.get("origin")
+        if not isinstance(origin, str) or origin not in self.topology.parents:
+            self.log.warn("dropped {kind} without a known origin", kind=frame.kind.name)
+            return
+        handler = self.handlers.get(frame.kind)
+        if handler is None:
+            self._answer_error(origin, frame.event_id, "unsupported",
+                               f"{self.me.name} does not handle {frame.kind.name}")
+            return
+        inbound = _Inbound(frame.kind, origin, frame.meta, self.max_request_data)
+        self._inbound[frame.event_id] = inbound
+        self._inbound_data(frame.event_id, frame)
+
+    def _inbound_data(self, event_id: int, frame: Frame) -> None:
+        inbound = self._inbound.get(event_id)
+        if inbound is None or inbound.running is not None:
+            return
+        inbound.received += len(frame.payload)
+        if inbound.received > inbound.max_data:
+            del self._inbound[event_id]
+            self._answer_error(inbound.origin, event_id, "too_large",
+                               f"request data over {inbound.max_data} bytes")
+            return
+        if frame.payload:
+            inbound.pieces.append(frame.payload)
+        if frame.flags & Flag.END:
+            message = Message(inbound.kind, inbound.origin, inbound.meta,
+                              b"".join(inbound.pieces))
+            inbound.pieces = []
+            inbound.running = ensureDeferred(self._handle(event_id, message))
+
+    async def _handle(self, event_id: int, message: Message) -> None:
+        handler = self.handlers[message.kind]
+        try:
+            reply = await handler(message)
+        except CancelledError:
+            return
+        except HandlerError as e:
+            self._answer_error(message.origin, event_id, e.code, e.message)
+            return
+        except Exception:
+            self.log.failure("handler of {kind} failed", kind=message.kind.name)
+            self._answer_error(message.origin, event_id, "internal",
+                               f"{self.me.name} failed to handle {message.kind.name}")
+            return
+        finally:
+            self._inbound.pop(event_id, None)
+        first = Frame(Kind.REPLY, self._new_id(), correlation=event_id,
+                      meta=dict(reply.meta))
+        try:
+            await self._send_stream(message.origin, first, reply.data)
+        except (BusError, ConnectionError) as e:
+            self.log.info("reply to {origin} not sent: {why}", origin=message.origin,
+                          why=str(e))
+
+    def _cancel_arrived(self, frame: Frame) -> None:
+        inbound = self._inbound.pop(frame.correlation, None)
+        if inbound is not None and inbound.running is not None:
+            inbound.running.cancel()
+
+    def _answer_error(self, origin: str, event_id: int, code: str, message: str) -> None:
+        frame = Frame(Kind.ERROR, self._new_id(), correlation=event_id,
+                      flags=Flag.END, meta={"code": code, "message": message})
+        self._send_to(origin, frame)
+
+    # Sending and routing frames.
+
+    async def _send_stream(self, dest: str, first: Frame, data: bytes) -> None:
+        """Send a first frame then `data` as DATA pieces, waiting on backpressure."""
+        if not data:
+            self._send_to(dest, replace(first, flags=first.flags | Flag.END))
+            return
+        self._send_to(dest, first)
+        correlation = first.correlation or first.event_id
+        for offset in range(0, len(data), PIECE_SIZE):
+            piece = data[offset : offset + PIECE_SIZE]
+            last = offset + PIECE_SIZE >= len(data)
+            await self._wait_writable(dest)
+            frame = Frame(Kind.DATA, self._new_id(), correlation=correlation,
+                          flags=Flag.END if last else Flag.NONE, payload=piece)
+            self._send_to(dest, frame)
+
+    async def _wait_writable(self, dest: str) -> None:
+        if dest == self.me.name:
+            return
+        link = self.links.get(self.routes.next_hop(dest))
+        if link is None:
+            raise Unreachable(f"no link toward {dest}")
+        await link.wait_writable()
+
+    def _send_to(self, dest: str, frame: Frame) -> None:
+        """Route a frame of ours to one node (ourselves included)."""
+        try:
+            route = self.routes.route_to([dest])
+        except RouteError as e:
+            self.log.warn("cannot route to {dest}: {why}", dest=dest, why=str(e))
+            return
+        self._route(replace(frame, route=route), came_from=None, link=None)
+
+    def frame_received(self, peer: str, frame: Frame, link: Link) -> None:
+        """A frame arrived from a neighbour: drop duplicates, then route it."""
+        if frame.event_id in self._seen:
+            return
+        self._seen[frame.event_id] = None
+        if len(self._seen) > SEEN_EVENTS:
+            self._seen.popitem(last=False)
+        self._route(frame, came_from=peer, link=link)
+
+    def _route(self, frame: Frame, came_from: str | None, link: Link | None) -> None:
+        if frame.flags & Flag.BROADCAST:
+            deliver = True
+            forwards = {peer: 0 for peer in self.routes.flood(came_from)}
+        else:
+            try:
+                step = self.routes.step(frame.route, came_from)
+            except RouteError as e:
+                self.log.warn("dropped {kind} from {peer}: {why}",
+                              kind=frame.kind.name, peer=came_from, why=str(e))
+                return
+            deliver, forwards = step.deliver, dict(step.forwards)
+
+        if forwards and came_from is not None and frame.hops <= 1:
+            self.log.warn("dropped {kind}: hop limit reached", kind=frame.kind.name)
+            forwards = {}
+        for peer, route in forwards.items():
+            self._forward(peer, replace(frame, route=route, hops=frame.hops - 1), link)
+        if deliver:
+            self._deliver(frame)
+
+    def _forward(self, peer: str, frame: Frame, incoming: Link | None) -> None:
+        out = self.links.get(peer)
+        if out is None:
+            self.log.warn("dropped {kind} for {peer}: link down",
+                          kind=frame.kind.name, peer=peer)
+            return
+        out.send(frame)
+        if incoming is not None and not out.writable:
+            incoming.hold()
+            out.wait_writable().addBoth(lambda _: incoming.release())
+
+    def _deliver(self, frame: Frame) -> None:
+        if frame.kind in (Kind.REPLY, Kind.ERROR):
+            self._answer_arrived(frame)
+        elif frame.kind == Kind.DATA:
+            if frame.correlation in self._pending:
+                self._answer_arrived(frame)
+            else:
+                self._inbound_data(frame.correlation, frame)
+        elif frame.kind == Kind.CANCEL:
+            self._cancel_arrived(frame)
+        elif frame.kind not in (Kind.HELLO, Kind.HEARTBEAT):
+            self._request_arrived(frame)
+
+    def _new_id(self) -> int:
+        return self._random.getrandbits(63) + 1

@@ -1,0 +1,103 @@
+"""The twistd service tree of one process: a bus node per node run, plus its roles.
+
+    MultiService (the process)
+      BusNode "registry"        listens for children, routes frames
+        ClientService           dials the parent, when the node has one
+      web service               the registry's HTTP API (registry role only)
+      BusNode "relay-a"         with a Relay bound to its handlers (store role)
+      ...
+
+Every node of one process still talks to the others over real TCP, exactly as it
+would across hosts: the embedded default differs from a deployment only in addresses.
+"""
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from twisted.application import strports
+from twisted.application.service import IService, MultiService
+from twisted.internet.interfaces import IReactorCore
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+from treescale.bus.node import BusNode
+from treescale.config import NodeConfig, Topology
+from treescale.store.cluster import ClusterStorage
+from treescale.store.relay import Relay
+
+log = Logger()
+
+
+def make_process_service(
+    topology: Topology, names: Sequence[str], reactor: IReactorCore
+) -> IService:
+    """Services for the nodes named, or for every local node when none is named."""
+    nodes = [topology.node(name) for name in names] or list(topology.local_nodes())
+    if not nodes:
+        raise ValueError(f"{topology.source}: no node of this file has a local address")
+    top = MultiService()
+    for node in nodes:
+        make_node_service(topology, node, reactor).setServiceParent(top)
+    return top
+
+
+def make_node_service(
+    topology: Topology, node: NodeConfig, reactor: IReactorCore
+) -> IService:
+    """One node: its bus, and a relay or a registry (or both) on top of it."""
+    bus = BusNode(topology, node, reactor, reactor)  # type: ignore[arg-type]
+    if node.is_store:
+        root = Path(topology.data_dir).resolve() / node.name
+        Relay(bus, root, reactor, reactor.getThreadPool(),  # type: ignore[attr-defined]
+              max_chunk=topology.chunk_size)
+    if node.is_registry:
+        assert node.http is not None
+        web = strports.service(node.http, make_site(bus, topology, node, reactor))
+        web.setServiceParent(bus)
+    return bus
+
+
+def make_site(
+    bus: BusNode, topology: Topology, node: NodeConfig, reactor: IReactorCore
+) -> object:
+    """The registry's HTTP site, with the node's status page beside the API."""
+    from treescale.registry.app import Registry, make_site as registry_site
+
+    storage = ClusterStorage(bus, topology, reactor)  # type: ignore[arg-type]
+    registry = Registry(storage, clock=reactor)  # type: ignore[arg-type]
+    site = registry_site(registry)
+    site.resource = _WithStatus(site.resource, bus, storage)
+    return site
+
+
+class _WithStatus(Resource):
+    """Serves ``/_treescale/status`` itself and hands every other path on."""
+
+    isLeaf = True
+
+    def __init__(self, inner: Resource, bus: BusNode, storage: ClusterStorage) -> None:
+        super().__init__()
+        self.inner = inner
+        self.bus = bus
+        self.storage = storage
+
+    def render(self, request: Request) -> bytes | int:
+        if request.path.rstrip(b"/") != b"/_treescale/status":
+            return self.inner.render(request)  # type: ignore[no-any-return]
+        status = {
+            "node": self.bus.me.name,
+            "links": sorted(self.bus.links),
+            "relays_up": self.storage.relays_up(),
+            "relays": len(self.storage.chunks.holders),
+        }
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps(status).encode()
+
+
+def fail_start(message: str) -> None:
+    """Stop start-up with one clear line."""
+    sys.stderr.write(f"treescale-node: {message}\n")
+    raise SystemExit(2)

@@ -1,0 +1,196 @@
+"""Putting chunks on their holders and getting them back, over the bus.
+
+Placement (`treescale.store.placement`) ranks every store relay for a chunk's digest;
+the first `replicas` of that rank (in distinct failure domains where it can) are the
+chunk's home. A put that cannot reach a home relay uses the next relay of the rank, so
+a push goes on while a relay is down; a get walks the same rank, so it finds those
+chunks too.
+
+A get is hedged rather than broadcast: it asks one holder first, rotating among the
+home relays from one chunk to the next so that the chunks of one blob come from every
+relay at once, and asks the next holder as soon as the first fails, sends bad bytes or
+stays silent for `hedge_after` seconds. The first whole, verified answer wins and the
+others are cancelled. Asking every holder at once from the start would send each chunk
+twice over the relays' links, halving what a pull gets from them.
+"""
+
+import hashlib
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from treescale.bus.frames import Kind
+from treescale.bus.node import BusError, BusNode, Message
+from treescale.store.errors import StorageUnavailable, UploadFailed
+from treescale.store.placement import Holder, place, rank
+
+
+@dataclass(frozen=True)
+class ChunkSettings:
+    """How chunk requests behave; every limit named."""
+
+    replicas: int = 2
+    put_timeout: float = 60.0
+    get_timeout: float = 30.0
+    hedge_after: float = 2.0
+
+
+class ChunkClient:
+    """The registry's side of chunk-put and chunk-get."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        bus: BusNode,
+        holders: Sequence[Holder],
+        clock: IReactorTime,
+        settings: ChunkSettings = ChunkSettings(),
+    ) -> None:
+        self.bus = bus
+        self.holders = list(holders)
+        self.clock = clock
+        self.settings = settings
+        self.replicas = min(settings.replicas, len(self.holders))
+        self._turn = itertools.count()
+
+    def candidates(self, digest: str) -> list[str]:
+        """Every relay in the order a chunk is looked for: homes first, then the rank."""
+        homes = [holder.name for holder in place(digest, self.holders, self.replicas)]
+        rest = [h.name for h in rank(digest, self.holders) if h.name not in homes]
+        return homes + rest
+
+    async def put(self, digest: str, data: bytes) -> None:
+        """Store a chunk on `replicas` relays; `UploadFailed` if too few take it."""
+        candidates = self.candidates(digest)
+        untried = [name for name in candidates if self.bus.reachable(name)]
+        stored: list[str] = []
+        while len(stored) < self.replicas and untried:
+            wanted = self.replicas - len(stored)
+            batch, untried = untried[:wanted], untried[wanted:]
+            calls = [self._put_one(name, digest, data) for name in batch]
+            for name, call in zip(batch, calls, strict=True):
+                if await call:
+                    stored.append(name)
+        if len(stored) < self.replicas:
+            raise UploadFailed(
+                f"chunk {digest} is on {len(stored)} relays, {self.replicas} needed"
+            )
+
+    def _put_one(self, name: str, digest: str, data: bytes) -> "Deferred[bool]":
+        meta = {"digest": digest, "size": len(data)}
+        call = self.bus.request(
+            name, Kind.CHUNK_PUT, meta, data, timeout=self.settings.put_timeout
+        )
+
+        def failed(failure: object) -> bool:
+            error = getattr(failure, "value", failure)
+            if isinstance(error, CancelledError):
+                raise error
+            self.log.warn("chunk put of {digest} to {relay} failed: {why}",
+                          digest=digest, relay=name, why=str(error))
+            return False
+
+        return call.addCallbacks(lambda _: True, failed)
+
+    async def get(self, digest: str, size: int) -> bytes:
+        """A chunk's verified bytes, from whichever holder gives them first."""
+        candidates = [name for name in self.candidates(digest)
+                      if self.bus.reachable(name)]
+        if not candidates:
+            raise StorageUnavailable(f"no relay that may hold {digest} is reachable")
+        turn = next(self._turn) % min(self.replicas, len(candidates))
+        order = candidates[turn:] + candidates[:turn]
+        return await _Race(self, digest, size, order).run()
+
+    def _ask(self, name: str, digest: str, size: int) -> "Deferred[Message]":
+        return self.bus.request(
+            name, Kind.CHUNK_GET, {"digest": digest}, max_reply=size,
+            timeout=self.settings.get_timeout,
+        )
+
+
+class _Race:
+    """One hedged chunk-get: holders asked one after another, first good one wins."""
+
+    def __init__(
+        self, client: ChunkClient, digest: str, size: int, order: list[str]
+    ) -> None:
+        self.client = client
+        self.digest = digest
+        self.size = size
+        self.waiting = list(order)
+        self.asked: dict[str, Deferred[Message]] = {}
+        self.done: Deferred[bytes] = Deferred(lambda _: self._stop())
+        self.hedge: object | None = None
+        self.errors: list[str] = []
+
+    async def run(self) -> bytes:
+        self._ask_next()
+        return await self.done
+
+    def _ask_next(self) -> None:
+        self._cancel_hedge()
+        if not self.waiting:
+            if not self.asked and not self.done.called:
+                self.done.errback(StorageUnavailable(
+                    f"chunk {self.digest}: no holder gave it ({'; '.join(self.errors)})"
+                ))
+            return
+        name = self.waiting.pop(0)
+        call = self.client._ask(name, self.digest, self.size)
+        self.asked[name] = call
+        call.addCallbacks(self._answered, self._failed,
+                          callbackArgs=(name,), errbackArgs=(name,))
+        if self.waiting:
+            self.hedge = self.client.clock.callLater(
+                self.client.settings.hedge_after, self._hedge_fired
+            )
+
+    def _hedge_fired(self) -> None:
+        self.hedge = None
+        self.client.log.info("chunk {digest} slow from {relays}; asking another",
+                             digest=self.digest, relays=sorted(self.asked))
+        self._ask_next()
+
+    def _answered(self, reply: Message, name: str) -> None:
+        del self.asked[name]
+        if self.done.called:
+            return
+        data = reply.data
+        actual = "sha256:" + hashlib.sha256(data).hexdigest()
+        if actual != self.digest or len(data) != self.size:
+            self.client.log.error("bad bytes for chunk {digest} from {relay}",
+                                  digest=self.digest, relay=name)
+            self.errors.append(f"{name}: bad bytes")
+            self._ask_next()
+            return
+        self._stop()
+        self.done.callback(data)
+
+    def _failed(self, failure: object, name: str) -> None:
+        self.asked.pop(name, None)
+        error = getattr(failure, "value", failure)
+        if self.done.called or isinstance(error, CancelledError):
+            return
+        if not isinstance(error, BusError):
+            self.client.log.error("chunk get of {digest} from {relay}: {why}",
+                                  digest=self.digest, relay=name, why=repr(error))
+        self.errors.append(f"{name}: {error}")
+        self._ask_next()
+
+    def _stop(self) -> None:
+        self._cancel_hedge()
+        for call in list(self.asked.values()):
+            call.cancel()
+        self.asked.clear()
+
+    def _cancel_hedge(self) -> None:
+        hedge = self.hedge
+        self.hedge = None
+        if hedge is not None and hedge.active():  # type: ignore[attr-defined]
+            hedge.cancel()  # type: ignore[attr-defined]

@@ -1,0 +1,81 @@
+"""The `Storage` the registry uses: blobs and records spread over the tree's relays."""
+
+from twisted.internet.interfaces import IConsumer, IReactorTime
+from twisted.logger import Logger
+
+from treescale.bus.node import BusNode
+from treescale.config import Topology
+from treescale.store.blobs import (
+    ChunkedUpload,
+    Recipe,
+    read_blob,
+    recipe_key,
+    sha256_digest,
+)
+from treescale.store.chunkclient import ChunkClient, ChunkSettings
+from treescale.store.errors import BlobUnknown, StorageUnavailable
+from treescale.store.placement import Holder
+from treescale.store.records import HybridClock, RecordClient
+
+
+class ClusterStorage:
+    """Blobs cut into chunks on the relays; records on quorums of relays."""
+
+    log = Logger()
+
+    def __init__(self, bus: BusNode, topology: Topology, clock: IReactorTime) -> None:
+        holders = [Holder(node.name, node.weight, node.domain)
+                   for node in topology.stores]
+        self.bus = bus
+        self.chunk_size = topology.chunk_size
+        self.window = topology.window
+        self.chunks = ChunkClient(
+            bus, holders, clock, ChunkSettings(replicas=topology.replicas)
+        )
+        self.records = RecordClient(
+            bus, holders, topology.record_replicas, HybridClock(bus.me.id)
+        )
+
+    def relays_up(self) -> int:
+        """How many store relays this node can reach now."""
+        return sum(1 for holder in self.chunks.holders
+                   if self.bus.reachable(holder.name))
+
+    async def recipe(self, digest: str) -> Recipe | None:
+        data = await self.records.get(recipe_key(digest))
+        if data is None:
+            return None
+        try:
+            return Recipe.decode(data)
+        except (ValueError, KeyError, TypeError) as e:
+            self.log.error("recipe of {digest} unreadable: {why}", digest=digest,
+                           why=str(e))
+            raise StorageUnavailable(f"the recipe of {digest} is damaged") from e
+
+    async def blob_size(self, digest: str) -> int | None:
+        recipe = await self.recipe(digest)
+        return None if recipe is None else recipe.size
+
+    def blob_upload(self) -> ChunkedUpload:
+        return ChunkedUpload(self.chunks, self.records, self.chunk_size, self.window)
+
+    async def blob_read(
+        self, digest: str, start: int, end: int, consumer: IConsumer
+    ) -> None:
+        recipe = await self.recipe(digest)
+        if recipe is None:
+            raise BlobUnknown(digest)
+        await read_blob(self.chunks, recipe, start, end, consumer, self.window)
+
+    async def blob_put(self, data: bytes) -> str:
+        digest = sha256_digest(data)
+        upload = self.blob_upload()
+        upload.write(data)
+        await upload.finish(digest)
+        return digest
+
+    async def record_get(self, key: str) -> bytes | None:
+        return await self.records.get(key)
+
+    async def record_put(self, key: str, value: bytes | None) -> None:
+        await self.records.put(key, value)

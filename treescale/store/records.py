@@ -1,0 +1,279 @@
+"""Small mutable records (tags, links, recipes): versioned, replicated, read by quorum.
+
+A record is a key and a value of a few kilobytes at most. It lives on the
+`record_replicas` relays that rendezvous hashing picks for its key. Every write carries
+a version from a hybrid logical clock (wall milliseconds, a counter, the writer's node
+id), so versions from different writers order totally and a newer write wins on every
+replica. A read asks every replica, waits for a quorum, takes the newest answer and
+writes it back to the replicas that answered with something older (read repair).
+
+On a relay, a record is one file, replaced atomically:
+
+    ROOT/records/<first 2 hex of sha256(key)>/<sha256(key) hex>
+
+holding a JSON document: the key, its version, whether it is a deletion, and the value
+in base64. A deletion is kept as a tombstone so an old replica cannot bring the value
+back.
+"""
+
+import base64
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.logger import Logger
+
+from treescale.bus.frames import Kind
+from treescale.bus.node import BusError, BusNode, HandlerError, Message
+from treescale.store.errors import StorageUnavailable
+from treescale.store.placement import Holder, place
+
+MAX_RECORD_SIZE = 1024 * 1024
+RECORD_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True, order=True)
+class Version:
+    """A hybrid logical clock reading: orders writes across nodes."""
+
+    wall_ms: int
+    counter: int
+    node: int
+
+    def to_list(self) -> list[int]:
+        return [self.wall_ms, self.counter, self.node]
+
+    @classmethod
+    def from_list(cls, value: object) -> "Version":
+        if (
+            not isinstance(value, list)
+            or len(value) != 3
+            or not all(isinstance(part, int) for part in value)
+        ):
+            raise ValueError(f"not a record version: {value!r}")
+        return cls(value[0], value[1], value[2])
+
+
+class HybridClock:
+    """Versions that grow even when the wall clock stalls or steps back."""
+
+    def __init__(self, node: int, wall: Callable[[], float] = time.time) -> None:
+        self.node = node
+        self._wall = wall
+        self._last = Version(0, 0, node)
+
+    def now(self) -> Version:
+        wall_ms = int(self._wall() * 1000)
+        if wall_ms > self._last.wall_ms:
+            self._last = Version(wall_ms, 0, self.node)
+        else:
+            self._last = Version(self._last.wall_ms, self._last.counter + 1, self.node)
+        return self._last
+
+    def observe(self, seen: Version) -> None:
+        """Move past a version read from elsewhere, so our next write is newer."""
+        if (seen.wall_ms, seen.counter) > (self._last.wall_ms, self._last.counter):
+            self._last = Version(seen.wall_ms, seen.counter, self.node)
+
+
+@dataclass(frozen=True)
+class Stored:
+    """One replica's copy of a record."""
+
+    version: Version
+    value: bytes | None
+
+
+class RecordFiles:
+    """The records one relay keeps on its disk."""
+
+    def __init__(self, root: Path, *, fsync: bool = True) -> None:
+        self.root = root / "records"
+        self.fsync = fsync
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        name = hashlib.sha256(key.encode()).hexdigest()
+        return self.root / name[:2] / name
+
+    def get(self, key: str) -> Stored | None:
+        """The stored copy, or None when this relay never saw the key."""
+        try:
+            document = json.loads(self._path(key).read_bytes())
+        except FileNotFoundError:
+            return None
+        value = None if document["deleted"] else base64.b64decode(document["value"])
+        return Stored(Version.from_list(document["version"]), value)
+
+    def put(self, key: str, stored: Stored) -> bool:
+        """Keep `stored` unless a newer version is already here; True if kept."""
+        current = self.get(key)
+        if current is not None and current.version >= stored.version:
+            return False
+        document = {
+            "key": key,
+            "version": stored.version.to_list(),
+            "deleted": stored.value is None,
+            "value": base64.b64encode(stored.value or b"").decode(),
+        }
+        path = self._path(key)
+        path.parent.mkdir(exist_ok=True)
+        temporary = path.with_suffix(".part")
+        with open(temporary, "wb") as out:
+            out.write(json.dumps(document).encode())
+            if self.fsync:
+                out.flush()
+                os.fsync(out.fileno())
+        os.replace(temporary, path)
+        return True
+
+
+class RecordClient:
+    """Quorum reads and writes of records, from any node of the bus."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        bus: BusNode,
+        holders: Sequence[Holder],
+        replicas: int,
+        clock: HybridClock,
+        timeout: float = RECORD_TIMEOUT,
+    ) -> None:
+        self.bus = bus
+        self.holders = list(holders)
+        self.replicas = min(replicas, len(self.holders))
+        self.quorum = self.replicas // 2 + 1
+        self.clock = clock
+        self.timeout = timeout
+
+    def _replicas(self, key: str) -> list[str]:
+        return [holder.name for holder in place(key, self.holders, self.replicas)]
+
+    async def get(self, key: str) -> bytes | None:
+        """The newest value a quorum of replicas knows; repairs stale replicas."""
+        names = self._replicas(key)
+        answers = await self._ask_all(
+            names, Kind.RECORD_GET, {"key": key}, b"", MAX_RECORD_SIZE
+        )
+        copies: dict[str, Stored | None] = {}
+        for name, reply in answers.items():
+            copies[name] = _stored_from_reply(reply)
+        if len(copies) < self.quorum:
+            raise StorageUnavailable(
+                f"record {key!r}: {len(copies)} of {len(names)} replicas answered, "
+                f"{self.quorum} needed"
+            )
+
+        known = [copy for copy in copies.values() if copy is not None]
+        if not known:
+            return None
+        newest = max(known, key=lambda copy: copy.version)
+        self.clock.observe(newest.version)
+        stale = [n for n, copy in copies.items() if copy is None or copy != newest]
+        if stale:
+            self._repair(key, newest, stale)
+        return newest.value
+
+    async def put(self, key: str, value: bytes | None) -> None:
+        """Write a new version to every replica; return once a quorum holds it."""
+        stored = Stored(self.clock.now(), value)
+        names = self._replicas(key)
+        answers = await self._ask_all(
+            names, Kind.RECORD_PUT, _put_meta(key, stored), value or b"", 1024
+        )
+        if len(answers) < self.quorum:
+            raise StorageUnavailable(
+                f"record {key!r}: {len(answers)} of {len(names)} replicas stored it, "
+                f"{self.quorum} needed"
+            )
+
+    def _repair(self, key: str, newest: Stored, names: list[str]) -> None:
+        self.log.info("repairing record {key} on {relays}", key=key, relays=names)
+        for name in names:
+            d = self._ask(name, Kind.RECORD_PUT, _put_meta(key, newest),
+                          newest.value or b"", 1024)
+            d.addErrback(lambda _: None)
+
+    def _ask(
+        self, name: str, kind: Kind, meta: dict[str, object], data: bytes,
+        max_reply: int,
+    ) -> "Deferred[Message]":
+        return self.bus.request(name, kind, meta, data, max_reply=max_reply,
+                                timeout=self.timeout)
+
+    async def _ask_all(
+        self, names: list[str], kind: Kind, meta: dict[str, object], data: bytes,
+        max_reply: int,
+    ) -> dict[str, Message]:
+        """Ask every replica at once; the answers of those that answered."""
+        calls = [self._ask(name, kind, meta, data, max_reply) for name in names]
+        results = await DeferredList(calls, consumeErrors=True)
+        answers: dict[str, Message] = {}
+        for name, (ok, result) in zip(names, results, strict=True):
+            if ok:
+                answers[name] = result
+            else:
+                self.log.warn(
+                    "record {kind} on {relay} failed: {why}",
+                    kind=kind.name, relay=name, why=_why(result),
+                )
+        return answers
+
+
+def _why(failure: object) -> str:
+    error = getattr(failure, "value", failure)
+    return str(error) if isinstance(error, BusError | Exception) else repr(error)
+
+
+def _put_meta(key: str, stored: Stored) -> dict[str, object]:
+    return {
+        "key": key,
+        "version": stored.version.to_list(),
+        "deleted": stored.value is None,
+    }
+
+
+def _stored_from_reply(reply: Message) -> Stored | None:
+    version = reply.meta.get("version")
+    if version is None:
+        return None
+    value = None if reply.meta.get("deleted") else reply.data
+    return Stored(Version.from_list(version), value)
+
+
+async def handle_record_get(files: RecordFiles, message: Message) -> Message:
+    """A relay's answer to RECORD_GET."""
+    key = _key_of(message)
+    stored = files.get(key)
+    if stored is None:
+        return Message(Kind.REPLY, message.origin, {"version": None})
+    meta = {"version": stored.version.to_list(), "deleted": stored.value is None}
+    return Message(Kind.REPLY, message.origin, meta, stored.value or b"")
+
+
+async def handle_record_put(files: RecordFiles, message: Message) -> Message:
+    """A relay's answer to RECORD_PUT: keep the version if it is newer."""
+    key = _key_of(message)
+    try:
+        version = Version.from_list(message.meta.get("version"))
+    except ValueError as e:
+        raise HandlerError("bad_request", str(e)) from e
+    value = None if message.meta.get("deleted") else message.data
+    if value is not None and len(value) > MAX_RECORD_SIZE:
+        raise HandlerError("too_large", f"record {key!r} is over {MAX_RECORD_SIZE} bytes")
+    kept = files.put(key, Stored(version, value))
+    return Message(Kind.REPLY, message.origin, {"kept": kept})
+
+
+def _key_of(message: Message) -> str:
+    key = message.meta.get("key")
+    if not isinstance(key, str) or not key or len(key) > 1024:
+        raise HandlerError("bad_request", "record request without a valid key")
+    return key

@@ -1,0 +1,104 @@
+"""A store relay's answers to bus events: chunks and records on its own disk.
+
+Chunk files are read and written in the reactor's thread pool, so one slow disk
+operation never stalls the links of this relay.
+"""
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from twisted.internet.interfaces import IReactorFromThreads
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from treescale.bus.frames import Kind
+from treescale.bus.node import BusNode, HandlerError, Message
+from treescale.store.chunks import ChunkCorrupt, ChunkError, ChunkMissing, ChunkStore
+from treescale.store.records import RecordFiles, handle_record_get, handle_record_put
+
+
+class Relay:
+    """Binds one relay's chunk store and record files to its bus node."""
+
+    log = Logger()
+
+    def __init__(
+        self, bus: BusNode, root: Path, reactor: IReactorFromThreads,
+        pool: ThreadPool, max_chunk: int,
+    ) -> None:
+        self.bus = bus
+        self.chunks = ChunkStore(root)
+        self.records = RecordFiles(root)
+        self.reactor = reactor
+        self.pool = pool
+        self.max_chunk = max_chunk
+        handlers: dict[Kind, Callable[[Message], Awaitable[Message]]] = {
+            Kind.CHUNK_PUT: self.chunk_put,
+            Kind.CHUNK_GET: self.chunk_get,
+            Kind.CHUNK_HAS: self.chunk_has,
+            Kind.RECORD_GET: lambda m: handle_record_get(self.records, m),
+            Kind.RECORD_PUT: lambda m: handle_record_put(self.records, m),
+        }
+        bus.handlers.update(handlers)
+
+    async def chunk_put(self, message: Message) -> Message:
+        """Keep a chunk whose bytes hash to its digest; refuse anything else."""
+        digest = _digest_of(message)
+        size = message.meta.get("size")
+        if not isinstance(size, int) or size != len(message.data):
+            raise HandlerError("bad_request", "chunk size does not match its data")
+        if size > self.max_chunk:
+            raise HandlerError("too_large", f"chunk over {self.max_chunk} bytes")
+        try:
+            await deferToThreadPool(
+                self.reactor, self.pool, self._write, digest, message.data
+            )
+        except ChunkCorrupt as e:
+            self.log.warn("refused chunk {digest} from {origin}: {why}",
+                          digest=digest, origin=message.origin, why=str(e))
+            raise HandlerError("digest_mismatch", str(e)) from e
+        except ChunkError as e:
+            raise HandlerError("bad_request", str(e)) from e
+        return Message(Kind.REPLY, message.origin, {"stored": True})
+
+    def _write(self, digest: str, data: bytes) -> None:
+        writer = self.chunks.open_writer(digest, len(data))
+        try:
+            writer.write(data)
+            writer.commit()
+        finally:
+            writer.abort()
+
+    async def chunk_get(self, message: Message) -> Message:
+        """A chunk's bytes, verified against its digest before they leave."""
+        digest = _digest_of(message)
+        try:
+            data = await deferToThreadPool(
+                self.reactor, self.pool, self.chunks.read, digest
+            )
+        except ChunkMissing as e:
+            raise HandlerError("chunk_missing", f"{digest} is not here") from e
+        except ChunkCorrupt as e:
+            self.log.error("chunk {digest} corrupt on disk, quarantined", digest=digest)
+            raise HandlerError("chunk_corrupt", str(e)) from e
+        except ChunkError as e:
+            raise HandlerError("bad_request", str(e)) from e
+        return Message(Kind.REPLY, message.origin, {"size": len(data)}, data)
+
+    async def chunk_has(self, message: Message) -> Message:
+        """Whether this relay holds a chunk, and its size (without reading it)."""
+        digest = _digest_of(message)
+        try:
+            size = self.chunks.size(digest)
+        except ChunkError as e:
+            raise HandlerError("bad_request", str(e)) from e
+        return Message(Kind.REPLY, message.origin, {"has": size is not None,
+                                                    "size": size})
+
+
+def _digest_of(message: Message) -> str:
+    digest = message.meta.get("digest")
+    if not isinstance(digest, str):
+        raise HandlerError("bad_request", "chunk request without a digest")
+    return digest
