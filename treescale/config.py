@@ -234,6 +234,8 @@ def _check_tree(nodes: tuple[NodeConfig, ...], source: Path) -> None:
         if node.parent is not None and node.parent not in by_name:
             raise ConfigError(source, node.name, "parent",
                               f"{node.parent!r} is not a node of this file")
+
+    for node in nodes:
         path = [node.name]
         current = node
         while current.parent is not None:
@@ -287,11 +289,12 @@ def is_local_host(host: str) -> bool:
         infos = socket.getaddrinfo(host, None)
     except OSError:
         return False
-    addresses = {info[4][0] for info in infos}
+    addresses = {str(info[4][0]) for info in infos}
     local = {"127.0.0.1", "::1"}
     try:
         local.update(
-            info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None)
+            str(info[4][0])
+            for info in socket.getaddrinfo(socket.gethostname(), None)
         )
     except OSError:
         pass
