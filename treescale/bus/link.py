@@ -74,7 +74,7 @@ class Link(Protocol):
         )
         self.send(self.node.hello_frame())
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         self._closed = True
         self._stop_timers()
         for waiter in self._writable_waiters:

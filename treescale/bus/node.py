@@ -28,7 +28,12 @@ from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
-from twisted.internet.interfaces import IListeningPort, IReactorTCP, IReactorTime
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IReactorCore,
+    IReactorTCP,
+    IReactorTime,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -138,7 +143,7 @@ class BusNode(MultiService):
         link_settings: LinkSettings = LinkSettings(),
         max_request_data: int | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.topology = topology
         self.me = me
         self.reactor = reactor
@@ -178,7 +183,7 @@ class BusNode(MultiService):
         listening = endpoint.listen(LinkFactory(self, None))
         listening.addCallback(self._listening)
         listening.addErrback(self._listen_failed)
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
 
     def _listening(self, port: IListeningPort) -> None:
         self._port = port
@@ -193,12 +198,10 @@ class BusNode(MultiService):
             node=self.me.name,
             address=self.me.bus,
         )
-        from twisted.internet import reactor
-
-        reactor.stop()  # type: ignore[attr-defined]
+        IReactorCore(self.reactor).stop()
 
     async def _stop(self) -> None:
-        await super().stopService()  # type: ignore[misc]
+        await super().stopService()  # type: ignore[no-untyped-call]
         if self._port is not None:
             await self._port.stopListening()  # type: ignore[misc]
         for link in list(self.links.values()):
@@ -507,10 +510,13 @@ class BusNode(MultiService):
         if frame.kind in (Kind.REPLY, Kind.ERROR):
             self._answer_arrived(frame)
         elif frame.kind == Kind.DATA:
-            if frame.correlation in self._pending:
-                self._answer_arrived(frame)
-            else:
+            # A request a node sends itself has its id in both tables: its data
+            # belongs to the handler until the handler starts, then to the reply.
+            inbound = self._inbound.get(frame.correlation)
+            if inbound is not None and inbound.running is None:
                 self._inbound_data(frame.correlation, frame)
+            elif frame.correlation in self._pending:
+                self._answer_arrived(frame)
         elif frame.kind == Kind.CANCEL:
             self._cancel_arrived(frame)
         elif frame.kind not in (Kind.HELLO, Kind.HEARTBEAT):

@@ -7,15 +7,17 @@ an error body by hand, and no traceback is ever written to a client.
 
 The codes are the spec's list. A few entries share a code but not a status, where the
 spec asks for a status its list does not name (416 for an out-of-order chunk, 413 for
-an oversized manifest, 405 for a method an endpoint lacks). Three codes come from
-outside the spec's list, as the CNCF distribution registry uses them: ``RANGE_INVALID``
-(416, a blob read past its end), ``UNAVAILABLE`` (503, the storage cannot answer now)
-and ``UNKNOWN`` (500, a bug); clients treat codes they do not know as ``UNKNOWN``.
-The spec spells the rate-limit code ``TOOMANYREQUESTS``, without underscores.
+an oversized manifest, 405 for a method an endpoint lacks, 404 for no endpoint).
+``MANIFEST_BLOB_UNKNOWN`` is a 400, as the CNCF distribution registry has it: the
+pushed manifest is at fault, not its URL. Three codes come from outside the spec's
+list, as that registry uses them: ``RANGE_INVALID`` (416, a read past a blob's end),
+``UNAVAILABLE`` (503, the storage cannot answer now) and ``UNKNOWN`` (500, a bug);
+clients treat codes they do not know as ``UNKNOWN``. The spec spells the rate-limit
+code ``TOOMANYREQUESTS``, without underscores.
 """
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from twisted.web.server import Request
@@ -28,7 +30,8 @@ from treescale.store.errors import (
     UploadFailed,
 )
 
-JSON = bool | int | float | str | list["JSON"] | dict[str, "JSON"] | None
+JSON = bool | int | float | str | Sequence["JSON"] | Mapping[str, "JSON"] | None
+"""A value JSON can carry, as the ``detail`` of an error."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,7 @@ DIGEST_INVALID = ErrorCode(
 )
 MANIFEST_BLOB_UNKNOWN = ErrorCode(
     "MANIFEST_BLOB_UNKNOWN",
-    404,
+    400,
     "manifest references a manifest or blob unknown to registry",
 )
 MANIFEST_INVALID = ErrorCode("MANIFEST_INVALID", 400, "manifest invalid")
@@ -150,7 +153,7 @@ def render_error(request: Request, error: ApiError) -> bytes:
     return body
 
 
-def api_error_for(exception: BaseException) -> ApiError | None:
+def api_error_for(exception: BaseException | None) -> ApiError | None:
     """The client's view of an exception, or None when it is a bug of ours."""
     if isinstance(exception, ApiError):
         return exception

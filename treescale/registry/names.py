@@ -47,12 +47,17 @@ def is_digest_like(reference: str) -> bool:
     return ":" in reference
 
 
+def is_well_formed_digest(digest: str) -> bool:
+    """Whether a digest follows the OCI grammar, whatever its algorithm."""
+    return _ANY_DIGEST.fullmatch(digest) is not None
+
+
 def check_digest(digest: str) -> str:
     """A digest this registry can store: ``sha256:`` and 64 lowercase hex digits."""
     if _SHA256.fullmatch(digest) is not None:
         return digest
 
-    if _ANY_DIGEST.fullmatch(digest) is not None and not digest.startswith("sha256:"):
+    if is_well_formed_digest(digest) and not digest.startswith("sha256:"):
         algorithm = digest.split(":", 1)[0]
         raise ApiError(
             DIGEST_INVALID,

@@ -12,7 +12,7 @@ fetched or waiting their turn to be written out.
 import hashlib
 import json
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
@@ -60,6 +60,8 @@ class Recipe:
 
     def spans(self, start: int, end: int) -> list[tuple[ChunkRef, int, int]]:
         """The chunks covering bytes ``[start, end)``, each with the slice to keep."""
+        if start >= end:
+            return []
         spans = []
         offset = 0
         for chunk in self.chunks:
@@ -204,10 +206,11 @@ class ChunkedUpload:
 class _ConsumerGate:
     """Our producer on the HTTP response: tells the reader when it may write."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_stop: Callable[[], None]) -> None:
         self.paused = False
         self.stopped = False
         self._waiters: list[Deferred[None]] = []
+        self._on_stop = on_stop
 
     def wait(self) -> "Deferred[None]":
         if self.stopped:
@@ -231,6 +234,7 @@ class _ConsumerGate:
     def stopProducing(self) -> None:
         self.stopped = True
         self._wake()
+        self._on_stop()
 
     def _wake(self) -> None:
         waiters, self._waiters = self._waiters, []
@@ -251,9 +255,15 @@ async def read_blob(
 ) -> None:
     """Write bytes ``[start, end)`` of a blob to `consumer`, `window` chunks ahead."""
     spans: Sequence[tuple[ChunkRef, int, int]] = recipe.spans(start, end)
-    gate = _ConsumerGate()
-    consumer.registerProducer(gate, True)
     fetches: deque[Deferred[bytes]] = deque()
+
+    def stop_fetches() -> None:
+        # A consumer gone while we wait on a slow fetch must not wait for it.
+        for fetch in list(fetches):
+            fetch.cancel()
+
+    gate = _ConsumerGate(stop_fetches)
+    consumer.registerProducer(gate, True)
     upcoming = iter(spans)
 
     def fetch_more() -> None:

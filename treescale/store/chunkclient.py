@@ -73,9 +73,15 @@ class ChunkClient:
             wanted = self.replicas - len(stored)
             batch, untried = untried[:wanted], untried[wanted:]
             calls = [self._put_one(name, digest, data) for name in batch]
-            for name, call in zip(batch, calls, strict=True):
-                if await call:
-                    stored.append(name)
+            try:
+                for name, call in zip(batch, calls, strict=True):
+                    if await call:
+                        stored.append(name)
+            except CancelledError:
+                for call in calls:
+                    call.cancel()
+                    call.addErrback(lambda _: None)
+                raise
         if len(stored) < self.replicas:
             raise UploadFailed(
                 f"chunk {digest} is on {len(stored)} relays, {self.replicas} needed"
@@ -103,8 +109,11 @@ class ChunkClient:
                       if self.bus.reachable(name)]
         if not candidates:
             raise StorageUnavailable(f"no relay that may hold {digest} is reachable")
-        turn = next(self._turn) % min(self.replicas, len(candidates))
-        order = candidates[turn:] + candidates[:turn]
+        # Rotate among the first holders only: the rest of the rank comes after
+        # the homes, since it holds the chunk only after a fallback put.
+        first = min(self.replicas, len(candidates))
+        turn = next(self._turn) % first
+        order = candidates[turn:first] + candidates[:turn] + candidates[first:]
         return await _Race(self, digest, size, order).run()
 
     def _ask(self, name: str, digest: str, size: int) -> "Deferred[Message]":
@@ -142,14 +151,16 @@ class _Race:
                 ))
             return
         name = self.waiting.pop(0)
-        call = self.client._ask(name, self.digest, self.size)
-        self.asked[name] = call
-        call.addCallbacks(self._answered, self._failed,
-                          callbackArgs=(name,), errbackArgs=(name,))
+        # The hedge is armed before the answer is looked at: an answer given at
+        # once then cancels it, rather than leaving it to ask someone after the end.
         if self.waiting:
             self.hedge = self.client.clock.callLater(
                 self.client.settings.hedge_after, self._hedge_fired
             )
+        call = self.client._ask(name, self.digest, self.size)
+        self.asked[name] = call
+        call.addCallbacks(self._answered, self._failed,
+                          callbackArgs=(name,), errbackArgs=(name,))
 
     def _hedge_fired(self) -> None:
         self.hedge = None

@@ -1,0 +1,492 @@
+"""Tests of blobs as recipes: the recipe format, the chunker's window, the reader's."""
+
+import hashlib
+from typing import Any, cast
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.internet.interfaces import IConsumer, IPushProducer
+from zope.interface import implementer
+
+from tests.unit.bustest import failure, success
+from treescale.store.blobs import (
+    ChunkedUpload,
+    ChunkRef,
+    Recipe,
+    read_blob,
+    recipe_key,
+    sha256_digest,
+)
+from treescale.store.chunkclient import ChunkClient
+from treescale.store.errors import DigestMismatch, StorageUnavailable, UploadFailed
+from treescale.store.records import RecordClient
+
+CHUNK = 100
+
+
+def recipe_of(data: bytes, sizes: list[int]) -> Recipe:
+    """The recipe of `data` cut into chunks of the given sizes."""
+    chunks = []
+    offset = 0
+    for size in sizes:
+        piece = data[offset : offset + size]
+        chunks.append(ChunkRef(sha256_digest(piece), size))
+        offset += size
+    return Recipe(sha256_digest(data), len(data), tuple(chunks))
+
+
+# Recipes.
+
+
+def test_recipe_round_trips() -> None:
+    """A recipe encodes to bytes that decode to the same recipe."""
+    recipe = recipe_of(b"x" * 250, [100, 100, 50])
+
+    assert Recipe.decode(recipe.encode()) == recipe
+
+
+def test_recipe_that_does_not_add_up_is_refused() -> None:
+    """Decoding refuses a recipe whose chunk sizes do not sum to the blob's size."""
+    recipe = recipe_of(b"x" * 250, [100, 100, 50])
+    damaged = Recipe(recipe.digest, 251, recipe.chunks)
+
+    with pytest.raises(ValueError):
+        Recipe.decode(damaged.encode())
+
+
+def test_recipe_key_and_digest_form() -> None:
+    """Recipes are stored under recipe/<digest>, digests in the spec's form."""
+    assert recipe_key("sha256:ab") == "recipe/sha256:ab"
+    assert sha256_digest(b"") == "sha256:" + hashlib.sha256(b"").hexdigest()
+
+
+def test_spans_of_a_range_inside_one_chunk() -> None:
+    """A range inside one chunk maps to that chunk alone, with the slice to keep."""
+    recipe = recipe_of(bytes(300), [100, 100, 100])
+
+    assert recipe.spans(120, 150) == [(recipe.chunks[1], 20, 50)]
+
+
+def test_spans_of_an_empty_range_are_empty() -> None:
+    """An empty range needs no chunk at all."""
+    recipe = recipe_of(bytes(300), [100, 100, 100])
+
+    assert recipe.spans(150, 150) == []
+    assert recipe.spans(300, 300) == []
+
+
+@st.composite
+def blob_and_range(draw: st.DrawFn) -> tuple[bytes, list[int], int, int]:
+    """A blob, a cut of it into chunks, and a byte range within it."""
+    sizes = draw(st.lists(st.integers(1, 40), min_size=1, max_size=12))
+    data = draw(st.binary(min_size=sum(sizes), max_size=sum(sizes)))
+    start = draw(st.integers(0, len(data)))
+    end = draw(st.integers(start, len(data)))
+    return data, sizes, start, end
+
+
+@given(blob_and_range())
+def test_spans_reassemble_the_range(case: tuple[bytes, list[int], int, int]) -> None:
+    """Slicing the chunks as spans says, in order, gives exactly the range's bytes."""
+    data, sizes, start, end = case
+    recipe = recipe_of(data, sizes)
+    by_digest = {}
+    offset = 0
+    for ref, size in zip(recipe.chunks, sizes, strict=True):
+        by_digest[ref.digest] = data[offset : offset + size]
+        offset += size
+
+    spans = recipe.spans(start, end)
+
+    assert (
+        b"".join(by_digest[ref.digest][low:high] for ref, low, high in spans)
+        == (data[start:end])
+    )
+    assert all(0 <= low < high <= ref.size for ref, low, high in spans)
+
+
+# The chunker, over a fake chunk client whose puts the test completes.
+
+
+class FakeChunks:
+    """Records chunk puts and gets; each returns a Deferred the test fires."""
+
+    def __init__(self) -> None:
+        self.puts: list[tuple[str, bytes, Deferred[None]]] = []
+        self.gets: list[tuple[str, int, Deferred[bytes]]] = []
+        self.cancelled: list[str] = []
+
+    def put(self, digest: str, data: bytes) -> "Deferred[None]":
+        d: Deferred[None] = Deferred(lambda _: self.cancelled.append(digest))
+        self.puts.append((digest, data, d))
+        return d
+
+    def get(self, digest: str, size: int) -> "Deferred[bytes]":
+        d: Deferred[bytes] = Deferred(lambda _: self.cancelled.append(digest))
+        self.gets.append((digest, size, d))
+        return d
+
+    def in_flight(self) -> int:
+        return sum(1 for _, _, d in self.puts if not d.called)
+
+
+class FakeRecords:
+    """A record store in a dict."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, bytes | None] = {}
+
+    async def put(self, key: str, value: bytes | None) -> None:
+        self.values[key] = value
+
+
+@implementer(IPushProducer)
+class Body:
+    """A request body as a producer: counts how it is paused and resumed."""
+
+    def __init__(self) -> None:
+        self.paused = False
+        self.log: list[str] = []
+
+    def pauseProducing(self) -> None:
+        assert not self.paused, "paused twice"
+        self.paused = True
+        self.log.append("pause")
+
+    def resumeProducing(self) -> None:
+        assert self.paused, "resumed while running"
+        self.paused = False
+        self.log.append("resume")
+
+    def stopProducing(self) -> None:
+        self.log.append("stop")
+
+
+def upload(
+    window: int = 2,
+) -> tuple[ChunkedUpload, FakeChunks, FakeRecords]:
+    """An upload cutting CHUNK-byte chunks with `window` puts in flight."""
+    chunks, records = FakeChunks(), FakeRecords()
+    up = ChunkedUpload(
+        cast(ChunkClient, chunks), cast(RecordClient, records), CHUNK, window
+    )
+    return up, chunks, records
+
+
+def test_chunks_are_cut_at_chunk_size() -> None:
+    """Bytes written in odd pieces are cut into full chunks; the rest waits."""
+    up, chunks, _ = upload(window=8)
+
+    for piece in (b"a" * 30, b"b" * 120, b"c" * 90):
+        up.write(piece)
+
+    data = b"a" * 30 + b"b" * 120 + b"c" * 90
+    assert [body for _, body, _ in chunks.puts] == [data[:100], data[100:200]]
+    assert [digest for digest, _, _ in chunks.puts] == [
+        sha256_digest(data[:100]),
+        sha256_digest(data[100:200]),
+    ]
+    assert up.size == 240
+
+
+def test_producer_pauses_when_the_window_is_full() -> None:
+    """The body is paused once `window` puts are in flight and resumed as one ends."""
+    up, chunks, _ = upload(window=2)
+    body = Body()
+    up.register_producer(body)
+
+    up.write(b"x" * CHUNK)
+    assert not body.paused
+    up.write(b"y" * CHUNK)
+    assert body.paused
+    assert chunks.in_flight() == 2
+    chunks.puts[0][2].callback(None)
+
+    assert not body.paused
+    assert body.log == ["pause", "resume"]
+
+
+def test_registering_while_full_pauses_at_once() -> None:
+    """A producer registered while the window is already full is paused at once."""
+    up, chunks, _ = upload(window=1)
+    up.write(b"x" * CHUNK)
+    body = Body()
+
+    up.register_producer(body)
+    assert body.paused
+    up.unregister_producer()
+
+    assert not body.paused
+    chunks.puts[0][2].callback(None)
+    assert body.log == ["pause", "resume"]
+
+
+def test_drain_waits_for_every_put() -> None:
+    """drain fires only once every chunk put so far is stored."""
+    up, chunks, _ = upload(window=4)
+    up.write(b"z" * (3 * CHUNK))
+
+    drained = ensureDeferred(up.drain())
+    chunks.puts[0][2].callback(None)
+    chunks.puts[2][2].callback(None)
+    assert not drained.called
+    chunks.puts[1][2].callback(None)
+
+    success(drained)
+
+
+def test_finish_stores_the_last_chunk_and_the_recipe() -> None:
+    """finish puts the partial chunk, waits, checks the digest and writes the recipe."""
+    up, chunks, records = upload(window=4)
+    data = bytes(range(256))
+    up.write(data)
+
+    finished = ensureDeferred(up.finish(sha256_digest(data)))
+    assert len(chunks.puts) == 3
+    assert not finished.called
+    for _, _, d in chunks.puts:
+        d.callback(None)
+
+    assert success(finished) == 256
+    stored = records.values[recipe_key(sha256_digest(data))]
+    assert stored is not None
+    recipe = Recipe.decode(stored)
+    assert recipe.size == 256
+    assert [ref.size for ref in recipe.chunks] == [100, 100, 56]
+    assert [ref.digest for ref in recipe.chunks] == [d for d, _, _ in chunks.puts]
+
+
+def test_empty_blob_has_an_empty_recipe() -> None:
+    """An upload of no bytes puts no chunk and records a recipe of none."""
+    up, chunks, records = upload()
+
+    assert success(ensureDeferred(up.finish(sha256_digest(b"")))) == 0
+
+    assert chunks.puts == []
+    stored = records.values[recipe_key(sha256_digest(b""))]
+    assert stored is not None and Recipe.decode(stored).chunks == ()
+
+
+def test_finish_with_the_wrong_digest_records_nothing() -> None:
+    """A blob that does not hash to the stated digest raises DigestMismatch."""
+    up, chunks, records = upload()
+    up.write(b"real bytes")
+
+    finished = ensureDeferred(up.finish(sha256_digest(b"claimed bytes")))
+    chunks.puts[0][2].callback(None)
+
+    assert isinstance(failure(finished).value, DigestMismatch)
+    assert records.values == {}
+
+
+def test_failed_put_fails_the_next_write() -> None:
+    """Once a chunk put has failed, the next write raises UploadFailed."""
+    up, chunks, _ = upload(window=4)
+    up.write(b"x" * CHUNK)
+
+    chunks.puts[0][2].errback(RuntimeError("relay on fire"))
+
+    with pytest.raises(UploadFailed):
+        up.write(b"more")
+
+
+def test_failed_put_fails_finish() -> None:
+    """A chunk that could not be stored makes finish raise, with no recipe."""
+    up, chunks, records = upload(window=4)
+    data = b"x" * (CHUNK + 10)
+    up.write(data)
+
+    finished = ensureDeferred(up.finish(sha256_digest(data)))
+    chunks.puts[1][2].callback(None)
+    chunks.puts[0][2].errback(UploadFailed("on 1 relays, 2 needed"))
+
+    error = failure(finished).value
+    assert isinstance(error, UploadFailed)
+    assert "1 relays" in str(error)
+    assert records.values == {}
+
+
+def test_abort_cancels_puts_in_flight() -> None:
+    """abort cancels every put still in flight and refuses later writes."""
+    up, chunks, _ = upload(window=4)
+    up.write(b"x" * (2 * CHUNK))
+    chunks.puts[0][2].callback(None)
+
+    up.abort()
+
+    assert chunks.cancelled == [chunks.puts[1][0]]
+    with pytest.raises(UploadFailed):
+        up.write(b"y")
+
+
+# The reader, over the same fake chunk client.
+
+
+@implementer(IConsumer)
+class Response:
+    """An HTTP response as a consumer: keeps what is written and its producer."""
+
+    def __init__(self) -> None:
+        self.producer: Any = None
+        self.written: list[bytes] = []
+        self.registrations = 0
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        assert streaming
+        self.producer = producer
+        self.registrations += 1
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+
+def stored_blob(
+    nchunks: int = 6,
+) -> tuple[bytes, Recipe, dict[str, bytes]]:
+    """A blob of `nchunks` chunks of CHUNK bytes, its recipe and its chunks."""
+    data = bytes((n * 7) % 251 for n in range(nchunks * CHUNK))
+    recipe = recipe_of(data, [CHUNK] * nchunks)
+    pieces = {
+        ref.digest: data[i * CHUNK : (i + 1) * CHUNK]
+        for i, ref in enumerate(recipe.chunks)
+    }
+    return data, recipe, pieces
+
+
+def reading(
+    recipe: Recipe, start: int, end: int, window: int
+) -> tuple["Deferred[None]", FakeChunks, Response]:
+    """Start reading a range of a blob into a fresh consumer."""
+    chunks, response = FakeChunks(), Response()
+    d = ensureDeferred(
+        read_blob(cast(ChunkClient, chunks), recipe, start, end, response, window)
+    )
+    return d, chunks, response
+
+
+def answer(chunks: FakeChunks, index: int, pieces: dict[str, bytes]) -> None:
+    """Complete the index-th fetch with the right bytes."""
+    digest, _, d = chunks.gets[index]
+    d.callback(pieces[digest])
+
+
+def test_reader_writes_in_order_within_the_window() -> None:
+    """Fetches answered out of order are written in order, at most `window` ahead."""
+    data, recipe, pieces = stored_blob(6)
+
+    d, chunks, response = reading(recipe, 0, len(data), window=3)
+    assert len(chunks.gets) == 3
+    answer(chunks, 2, pieces)
+    answer(chunks, 1, pieces)
+    assert response.written == []
+    answer(chunks, 0, pieces)
+    assert len(response.written) == 3
+    assert len(chunks.gets) == 6
+    for index in (5, 3, 4):
+        answer(chunks, index, pieces)
+
+    success(d)
+    assert b"".join(response.written) == data
+    assert response.registrations == 1
+    assert response.producer is None
+
+
+def test_reader_never_has_more_than_window_fetches() -> None:
+    """However the answers come, no more than `window` fetches are outstanding."""
+    data, recipe, pieces = stored_blob(8)
+    d, chunks, _ = reading(recipe, 0, len(data), window=2)
+
+    most = 0
+    for index in range(8):
+        outstanding = sum(1 for _, _, f in chunks.gets if not f.called)
+        most = max(most, outstanding)
+        answer(chunks, index, pieces)
+
+    success(d)
+    assert most == 2
+
+
+def test_reader_serves_a_range_across_chunks() -> None:
+    """A range starting and ending mid-chunk fetches only the chunks it covers."""
+    data, recipe, pieces = stored_blob(6)
+
+    d, chunks, response = reading(recipe, 150, 420, window=8)
+    for index in range(len(chunks.gets)):
+        answer(chunks, index, pieces)
+
+    success(d)
+    assert [digest for digest, _, _ in chunks.gets] == [
+        ref.digest for ref in recipe.chunks[1:5]
+    ]
+    assert b"".join(response.written) == data[150:420]
+
+
+def test_reader_waits_for_a_paused_consumer() -> None:
+    """Nothing is written while the consumer has paused its producer."""
+    data, recipe, pieces = stored_blob(3)
+    d, chunks, response = reading(recipe, 0, len(data), window=3)
+
+    response.producer.pauseProducing()
+    for index in range(3):
+        answer(chunks, index, pieces)
+    assert response.written == []
+    response.producer.resumeProducing()
+
+    success(d)
+    assert b"".join(response.written) == data
+
+
+def test_reader_stops_when_the_consumer_stops() -> None:
+    """A consumer stopping its producer ends the read and cancels its fetches."""
+    data, recipe, pieces = stored_blob(6)
+    d, chunks, response = reading(recipe, 0, len(data), window=3)
+    response.producer.pauseProducing()
+    answer(chunks, 0, pieces)
+
+    response.producer.stopProducing()
+
+    assert isinstance(failure(d).value, CancelledError)
+    assert sorted(chunks.cancelled) == sorted(g[0] for g in chunks.gets[1:])
+    assert response.written == []
+
+
+def test_reader_stops_at_once_while_waiting_on_a_fetch() -> None:
+    """A consumer that stops while a fetch is slow cancels it without waiting."""
+    data, recipe, _ = stored_blob(6)
+    d, chunks, response = reading(recipe, 0, len(data), window=3)
+
+    response.producer.stopProducing()
+
+    assert isinstance(failure(d).value, CancelledError)
+    assert sorted(chunks.cancelled) == sorted(g[0] for g in chunks.gets)
+    assert response.producer is None
+
+
+def test_cancelling_the_read_cancels_its_fetches() -> None:
+    """Cancelling read_blob (a client hanging up) cancels every fetch in flight."""
+    data, recipe, pieces = stored_blob(6)
+    d, chunks, response = reading(recipe, 0, len(data), window=3)
+    answer(chunks, 0, pieces)
+
+    d.cancel()
+
+    assert isinstance(failure(d).value, CancelledError)
+    assert sorted(chunks.cancelled) == sorted(g[0] for g in chunks.gets[1:])
+    assert response.producer is None
+
+
+def test_failed_fetch_fails_the_read() -> None:
+    """A chunk no holder could give fails the read and cancels the other fetches."""
+    data, recipe, _ = stored_blob(4)
+    d, chunks, response = reading(recipe, 0, len(data), window=3)
+
+    chunks.gets[0][2].errback(StorageUnavailable("no holder"))
+
+    assert isinstance(failure(d).value, StorageUnavailable)
+    assert sorted(chunks.cancelled) == sorted(g[0] for g in chunks.gets[1:])
+    assert response.written == []

@@ -1,0 +1,409 @@
+"""Tests of the chunk client: where chunks go, fallback on put, hedged gets."""
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.internet.task import Clock
+
+from tests.unit.bustest import (
+    BusTree,
+    InlinePool,
+    failure,
+    inline_reactor,
+    success,
+    topology,
+)
+from treescale.bus.frames import Kind
+from treescale.bus.node import BusNode, Message, RemoteError, RequestTimeout
+from treescale.store.blobs import sha256_digest
+from treescale.store.chunkclient import ChunkClient, ChunkSettings
+from treescale.store.errors import StorageUnavailable, UploadFailed
+from treescale.store.placement import Holder, place, rank
+from treescale.store.relay import Relay
+
+RELAYS = ["r1", "r2", "r3", "r4"]
+HOLDERS = [Holder(name, domain=name) for name in RELAYS]
+DATA = b"one chunk of a layer " * 50
+DIGEST = sha256_digest(DATA)
+HEDGE = ChunkSettings().hedge_after
+
+
+class Call:
+    """One request the client made, waiting for the test to answer it."""
+
+    def __init__(self, dest: str, kind: Kind, meta: Mapping[str, Any], data: bytes):
+        self.dest = dest
+        self.kind = kind
+        self.meta = dict(meta)
+        self.data = data
+        self.cancelled = False
+        self.done: Deferred[Message] = Deferred(self._cancel)
+
+    def _cancel(self, _: object) -> None:
+        self.cancelled = True
+
+    def reply(self, data: bytes = b"") -> None:
+        self.done.callback(Message(Kind.REPLY, self.dest, {}, data))
+
+    def refuse(self, code: str = "chunk_missing") -> None:
+        self.done.errback(RemoteError(code, "refused"))
+
+
+class FakeBus:
+    """Answers nothing by itself: the test answers each Call, or `auto` does."""
+
+    def __init__(self, up: list[str] = RELAYS) -> None:
+        self.up = set(up)
+        self.calls: list[Call] = []
+        self.auto: dict[str, Callable[[Call], None]] = {}
+
+    def reachable(self, name: str) -> bool:
+        return name in self.up
+
+    def request(
+        self,
+        dest: str,
+        kind: Kind,
+        meta: Mapping[str, Any],
+        data: bytes = b"",
+        **options: Any,
+    ) -> "Deferred[Message]":
+        call = Call(dest, kind, meta, data)
+        self.calls.append(call)
+        if dest in self.auto:
+            self.auto[dest](call)
+        return call.done
+
+    def asked(self) -> list[str]:
+        return [call.dest for call in self.calls]
+
+
+def client(bus: FakeBus, clock: Clock | None = None) -> ChunkClient:
+    """A chunk client over a fake bus, two replicas, default timers."""
+    return ChunkClient(cast(BusNode, bus), HOLDERS, clock or Clock(), ChunkSettings())
+
+
+def candidates() -> list[str]:
+    """The order in which relays are looked to for DIGEST: homes, then the rank."""
+    homes = [holder.name for holder in place(DIGEST, HOLDERS, 2)]
+    return homes + [h.name for h in rank(DIGEST, HOLDERS) if h.name not in homes]
+
+
+def put(chunks: ChunkClient, data: bytes = DATA) -> "Deferred[None]":
+    return ensureDeferred(chunks.put(sha256_digest(data), data))
+
+
+def get(chunks: ChunkClient) -> "Deferred[bytes]":
+    return ensureDeferred(chunks.get(DIGEST, len(DATA)))
+
+
+# Candidates.
+
+
+def test_candidates_are_homes_then_the_rest_of_the_rank() -> None:
+    """Every relay is a candidate once: the placed homes first, then by rank."""
+    order = client(FakeBus()).candidates(DIGEST)
+
+    assert order == candidates()
+    assert sorted(order) == RELAYS
+    assert order[:2] == [holder.name for holder in place(DIGEST, HOLDERS, 2)]
+
+
+def test_replicas_shrink_to_the_holders_there_are() -> None:
+    """With fewer relays than replicas, a chunk goes to every relay there is."""
+    chunks = ChunkClient(
+        cast(BusNode, FakeBus(["r1"])), [Holder("r1")], Clock(), ChunkSettings()
+    )
+
+    assert chunks.replicas == 1
+    assert chunks.candidates(DIGEST) == ["r1"]
+
+
+# Puts.
+
+
+def test_put_goes_to_both_homes() -> None:
+    """A put sends the chunk with its digest and size to its two home relays."""
+    bus = FakeBus()
+    d = put(client(bus))
+
+    assert bus.asked() == candidates()[:2]
+    assert all(call.kind == Kind.CHUNK_PUT for call in bus.calls)
+    assert bus.calls[0].meta == {"digest": DIGEST, "size": len(DATA)}
+    assert bus.calls[0].data == DATA
+    bus.calls[0].reply()
+    assert not d.called
+    bus.calls[1].reply()
+
+    success(d)
+
+
+def test_put_skips_an_unreachable_home() -> None:
+    """A home relay that cannot be reached is replaced by the next of the rank."""
+    order = candidates()
+    bus = FakeBus([name for name in RELAYS if name != order[0]])
+    d = put(client(bus))
+
+    assert bus.asked() == [order[1], order[2]]
+    for call in bus.calls:
+        call.reply()
+    success(d)
+
+
+def test_put_falls_back_when_a_relay_fails() -> None:
+    """A relay refusing or timing out a put is replaced by the next of the rank."""
+    order = candidates()
+    bus = FakeBus()
+    d = put(client(bus))
+
+    bus.calls[0].done.errback(RequestTimeout("CHUNK_PUT"))
+    bus.calls[1].reply()
+    assert bus.asked() == [order[0], order[1], order[2]]
+    bus.calls[2].refuse("digest_mismatch")
+    assert bus.asked() == order
+    bus.calls[3].reply()
+
+    success(d)
+
+
+def test_put_with_too_few_relays_fails() -> None:
+    """When fewer relays than replicas take the chunk, the put raises UploadFailed."""
+    order = candidates()
+    bus = FakeBus()
+    bus.auto = {name: Call.refuse for name in order[1:]}
+    d = put(client(bus))
+
+    bus.calls[0].reply()
+
+    error = failure(d).value
+    assert isinstance(error, UploadFailed)
+    assert "1 relays, 2 needed" in str(error)
+    assert sorted(bus.asked()) == RELAYS
+
+
+def test_put_with_nothing_reachable_fails_at_once() -> None:
+    """A put when no relay is reachable fails without sending anything."""
+    bus = FakeBus([])
+
+    assert isinstance(failure(put(client(bus))).value, UploadFailed)
+    assert bus.calls == []
+
+
+def test_cancelling_a_put_cancels_every_request() -> None:
+    """Cancelling a put (an aborted upload) cancels each of its requests in flight."""
+    bus = FakeBus()
+    d = put(client(bus))
+
+    d.cancel()
+
+    assert isinstance(failure(d).value, CancelledError)
+    assert [call.cancelled for call in bus.calls] == [True, True]
+
+
+# Gets.
+
+
+def test_get_asks_one_holder_and_returns_its_bytes() -> None:
+    """A get asks the first holder alone and returns its verified bytes."""
+    bus = FakeBus()
+    d = get(client(bus))
+
+    assert bus.asked() == candidates()[:1]
+    assert bus.calls[0].kind == Kind.CHUNK_GET
+    assert bus.calls[0].meta == {"digest": DIGEST}
+    bus.calls[0].reply(DATA)
+
+    assert success(d) == DATA
+
+
+def test_get_rotates_the_first_holder() -> None:
+    """Successive gets ask the two homes first in turn, spreading the load."""
+    bus = FakeBus()
+    chunks = client(bus)
+    homes = candidates()[:2]
+
+    firsts = []
+    for _ in range(4):
+        d = get(chunks)
+        firsts.append(bus.calls[-1].dest)
+        bus.calls[-1].reply(DATA)
+        success(d)
+
+    assert firsts == [homes[0], homes[1], homes[0], homes[1]]
+
+
+def test_get_tries_the_other_home_before_the_rest() -> None:
+    """Whichever home is asked first, the other home is asked second."""
+    bus = FakeBus()
+    chunks = client(bus)
+    homes = candidates()[:2]
+    bus.auto = {name: Call.refuse for name in RELAYS}
+
+    for _ in range(2):
+        failure(get(chunks))
+
+    assert bus.asked()[:2] == homes
+    assert bus.asked()[4:6] == [homes[1], homes[0]]
+
+
+def test_get_hedges_after_a_silence() -> None:
+    """A holder silent for hedge_after makes the next one be asked; the first wins."""
+    bus, clock = FakeBus(), Clock()
+    d = get(client(bus, clock))
+    order = candidates()
+
+    clock.advance(HEDGE - 0.01)
+    assert bus.asked() == order[:1]
+    clock.advance(0.02)
+    assert bus.asked() == order[:2]
+    bus.calls[1].reply(DATA)
+
+    assert success(d) == DATA
+    assert bus.calls[0].cancelled
+    clock.advance(10 * HEDGE)
+    assert len(bus.calls) == 2
+
+
+def test_slow_holder_may_still_win_the_race() -> None:
+    """After a hedge, whichever holder answers first wins and the other is cancelled."""
+    bus, clock = FakeBus(), Clock()
+    d = get(client(bus, clock))
+
+    clock.advance(HEDGE)
+    bus.calls[0].reply(DATA)
+
+    assert success(d) == DATA
+    assert bus.calls[1].cancelled
+    assert not bus.calls[0].cancelled
+
+
+def test_get_skips_a_holder_with_bad_bytes() -> None:
+    """Bytes that do not hash to the digest are dropped and the next holder asked."""
+    bus = FakeBus()
+    d = get(client(bus))
+
+    bus.calls[0].reply(DATA[:-1] + b"!")
+    assert len(bus.calls) == 2
+    bus.calls[1].reply(DATA)
+
+    assert success(d) == DATA
+
+
+def test_get_skips_a_failing_holder_at_once() -> None:
+    """A holder that fails is replaced at once, without waiting for the hedge."""
+    bus = FakeBus()
+    d = get(client(bus))
+
+    bus.calls[0].refuse()
+    assert len(bus.calls) == 2
+    bus.calls[1].reply(DATA)
+
+    assert success(d) == DATA
+
+
+def test_get_fails_when_every_holder_fails() -> None:
+    """When no holder gives good bytes, the get raises StorageUnavailable."""
+    bus = FakeBus()
+    d = get(client(bus))
+
+    bus.calls[0].refuse()
+    bus.calls[1].reply(b"garbage")
+    bus.calls[2].done.errback(RequestTimeout("CHUNK_GET"))
+    bus.calls[3].refuse("chunk_corrupt")
+
+    error = failure(d).value
+    assert isinstance(error, StorageUnavailable)
+    assert "bad bytes" in str(error)
+    assert "chunk_corrupt" in str(error)
+
+
+def test_get_waits_for_a_slow_holder_after_the_others_fail() -> None:
+    """A holder still working when all others have failed can still answer."""
+    bus, clock = FakeBus(), Clock()
+    d = get(client(bus, clock))
+
+    clock.advance(HEDGE)
+    for call in bus.calls[1:]:
+        call.refuse()
+    clock.advance(HEDGE)
+    for call in bus.calls[2:]:
+        if not call.done.called:
+            call.refuse()
+    assert not d.called
+    bus.calls[0].reply(DATA)
+
+    assert success(d) == DATA
+
+
+def test_get_with_nothing_reachable_is_unavailable() -> None:
+    """A get when no relay is reachable raises StorageUnavailable at once."""
+    bus = FakeBus([])
+
+    assert isinstance(failure(get(client(bus))).value, StorageUnavailable)
+
+
+def test_cancelling_a_get_cancels_its_requests_and_hedge() -> None:
+    """Cancelling a get cancels the requests in flight and asks no one else."""
+    bus, clock = FakeBus(), Clock()
+    d = get(client(bus, clock))
+    clock.advance(HEDGE)
+
+    d.cancel()
+    clock.advance(10 * HEDGE)
+
+    assert isinstance(failure(d).value, CancelledError)
+    assert [call.cancelled for call in bus.calls] == [True, True]
+
+
+def test_answers_given_at_once_leave_no_timer_behind() -> None:
+    """Holders that answer synchronously leave no hedge to ask anyone later."""
+    order = candidates()
+    bus, clock = FakeBus(), Clock()
+    bus.auto = {order[0]: Call.refuse, order[1]: lambda call: call.reply(DATA)}
+
+    d = get(client(bus, clock))
+    clock.advance(10 * HEDGE)
+
+    assert success(d) == DATA
+    assert bus.asked() == order[:2]
+    assert clock.getDelayedCalls() == []
+
+
+# Over real bus nodes and relays.
+
+
+@pytest.fixture
+def relay_tree(tmp_path: Path) -> BusTree:
+    """A registry node and three relays keeping chunks under tmp_path."""
+    tree = BusTree(
+        topology([("edge", None), ("r1", "edge"), ("r2", "edge"), ("r3", "edge")])
+    ).connect_all()
+    for name in ("r1", "r2", "r3"):
+        Relay(tree[name], tmp_path / name, inline_reactor(), InlinePool(), 1 << 20)
+    return tree
+
+
+def test_put_and_get_over_the_bus(relay_tree: BusTree, tmp_path: Path) -> None:
+    """A chunk put over the bus lands on two relays' disks and reads back."""
+    holders = [Holder(name) for name in ("r1", "r2", "r3")]
+    chunks = ChunkClient(relay_tree["edge"], holders, relay_tree.clock)
+    data = bytes(range(256)) * 1200  # over one bus piece
+
+    stored = ensureDeferred(chunks.put(sha256_digest(data), data))
+    relay_tree.flush()
+    success(stored)
+    on_disk = [
+        name
+        for name in ("r1", "r2", "r3")
+        if any((tmp_path / name / "chunks").rglob("*" + sha256_digest(data)[7:]))
+    ]
+    assert sorted(on_disk) == sorted(chunks.candidates(sha256_digest(data))[:2])
+
+    relay_tree.cut(on_disk[0])
+    fetched = ensureDeferred(chunks.get(sha256_digest(data), len(data)))
+    relay_tree.flush()
+
+    assert success(fetched) == data
