@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from twisted.internet.defer import Deferred, ensureDeferred, fail
+from twisted.internet.defer import Deferred, ensureDeferred, fail, maybeDeferred
 
 from tests.unit.bustest import (
     BusTree,
@@ -26,8 +26,8 @@ from treescale.store.records import (
     RecordFiles,
     Stored,
     Version,
-    handle_record_get,
-    handle_record_put,
+    answer_record_get,
+    answer_record_put,
 )
 from treescale.store.relay import Relay
 
@@ -181,11 +181,6 @@ def test_keys_do_not_collide(tmp_path: Path) -> None:
 # The relay's handlers.
 
 
-def run(handler_result: Any) -> Any:
-    """Run a handler coroutine to its end and give its result."""
-    return success(ensureDeferred(handler_result))
-
-
 def put_message(key: object, version: object, value: bytes | None) -> Message:
     """A RECORD_PUT as a relay's handler receives it."""
     meta = {"key": key, "version": version, "deleted": value is None}
@@ -197,10 +192,10 @@ def test_handlers_store_and_answer(tmp_path: Path) -> None:
     files = RecordFiles(tmp_path, fsync=False)
     get = Message(Kind.RECORD_GET, "edge", {"key": KEY})
 
-    assert run(handle_record_get(files, get)).meta == {"version": None}
-    kept = run(handle_record_put(files, put_message(KEY, [3, 0, 1], b"value")))
-    stale = run(handle_record_put(files, put_message(KEY, [2, 0, 1], b"older")))
-    reply = run(handle_record_get(files, get))
+    assert answer_record_get(files, get).meta == {"version": None}
+    kept = answer_record_put(files, put_message(KEY, [3, 0, 1], b"value"))
+    stale = answer_record_put(files, put_message(KEY, [2, 0, 1], b"older"))
+    reply = answer_record_get(files, get)
 
     assert (kept.meta, stale.meta) == ({"kept": True}, {"kept": False})
     assert reply.meta == {"version": [3, 0, 1], "deleted": False}
@@ -210,9 +205,9 @@ def test_handlers_store_and_answer(tmp_path: Path) -> None:
 def test_handlers_answer_a_tombstone(tmp_path: Path) -> None:
     """RECORD_GET of a deleted record says so, with the deletion's version."""
     files = RecordFiles(tmp_path, fsync=False)
-    run(handle_record_put(files, put_message(KEY, [3, 0, 1], None)))
+    answer_record_put(files, put_message(KEY, [3, 0, 1], None))
 
-    reply = run(handle_record_get(files, Message(Kind.RECORD_GET, "e", {"key": KEY})))
+    reply = answer_record_get(files, Message(Kind.RECORD_GET, "e", {"key": KEY}))
 
     assert reply.meta == {"version": [3, 0, 1], "deleted": True}
     assert reply.data == b""
@@ -235,10 +230,10 @@ def test_handlers_refuse_bad_requests(
     """Malformed record requests are answered with a named error code."""
     files = RecordFiles(tmp_path, fsync=False)
     handler = (
-        handle_record_get if message.kind == Kind.RECORD_GET else handle_record_put
+        answer_record_get if message.kind == Kind.RECORD_GET else answer_record_put
     )
 
-    error = failure(ensureDeferred(handler(files, message))).value
+    error = failure(maybeDeferred(handler, files, message)).value
 
     assert isinstance(error, HandlerError)
     assert error.code == code
@@ -271,8 +266,8 @@ class FakeBus:
             return Deferred()
         message = Message(kind, "edge", meta, data)
         if kind == Kind.RECORD_GET:
-            return ensureDeferred(handle_record_get(self.files[dest], message))
-        return ensureDeferred(handle_record_put(self.files[dest], message))
+            return maybeDeferred(answer_record_get, self.files[dest], message)
+        return maybeDeferred(answer_record_put, self.files[dest], message)
 
     def puts_to(self) -> list[str]:
         """The relays that were sent a RECORD_PUT, in order."""

@@ -37,7 +37,7 @@ from twisted.internet.interfaces import (
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from treescale.bus.frames import PIECE_SIZE, Flag, Frame, Kind
+from treescale.bus.frames import PIECE_SIZE, Flag, Frame, FrameError, Kind
 from treescale.bus.link import PROTOCOL_VERSION, Link, LinkFactory, LinkSettings
 from treescale.bus.routing import RouteError, RouteTable, nth_prime
 from treescale.config import NodeConfig, Topology
@@ -126,6 +126,7 @@ class _Inbound:
     max_data: int
     pieces: list[bytes] = field(default_factory=list)
     received: int = 0
+    started: bool = False
     running: "Deferred[None] | None" = None
 
 
@@ -149,7 +150,10 @@ class BusNode(MultiService):
         self.reactor = reactor
         self.clock = clock
         self.link_settings = link_settings
-        self.max_request_data = max_request_data or topology.chunk_size + PIECE_SIZE
+        # Chunks and records (up to 1 MiB) are the largest request data there is.
+        self.max_request_data = max_request_data or (
+            max(topology.chunk_size, 1024 * 1024) + PIECE_SIZE
+        )
         primes = {node.name: nth_prime(node.id) for node in topology.nodes}
         self.routes = RouteTable(topology.parents, primes, me.name)
         self.links: dict[str, Link] = {}
@@ -263,6 +267,7 @@ class BusNode(MultiService):
         for event_id, pending in list(self._pending.items()):
             if pending.link == peer:
                 self._fail(event_id, LinkLost(f"link to {peer} lost"))
+        self._forget_inbound_via(peer)
         for listener in self.link_listeners:
             listener(peer, False)
 
@@ -333,7 +338,7 @@ class BusNode(MultiService):
     def _fail(self, event_id: int, error: Exception) -> None:
         pending = self._pending.pop(event_id, None)
         if pending is not None and not pending.done.called:
-            if isinstance(error, RequestTimeout):
+            if not isinstance(error, LinkLost | Unreachable):
                 self._send_to(pending.dest, Frame(Kind.CANCEL, self._new_id(),
                                                   correlation=event_id))
             pending.done.errback(error)
@@ -381,7 +386,7 @@ class BusNode(MultiService):
 
     def _inbound_data(self, event_id: int, frame: Frame) -> None:
         inbound = self._inbound.get(event_id)
-        if inbound is None or inbound.running is not None:
+        if inbound is None or inbound.started:
             return
         inbound.received += len(frame.payload)
         if inbound.received > inbound.max_data:
@@ -395,36 +400,60 @@ class BusNode(MultiService):
             message = Message(inbound.kind, inbound.origin, inbound.meta,
                               b"".join(inbound.pieces))
             inbound.pieces = []
+            inbound.started = True
             inbound.running = ensureDeferred(self._handle(event_id, message))
 
     async def _handle(self, event_id: int, message: Message) -> None:
-        handler = self.handlers[message.kind]
+        """Run the handler, then stream its reply; a CANCEL stops either step."""
         try:
-            reply = await handler(message)
+            reply = await self._run_handler(event_id, message)
+            if reply is None:
+                return
+            first = Frame(Kind.REPLY, self._new_id(), correlation=event_id,
+                          meta=dict(reply.meta))
+            await self._send_stream(message.origin, first, reply.data)
         except CancelledError:
             return
+        except (BusError, ConnectionError) as e:
+            self.log.info("reply to {origin} not sent: {why}", origin=message.origin,
+                          why=str(e))
+        except FrameError as e:
+            self.log.error("reply of {kind} cannot be encoded: {why}",
+                           kind=message.kind.name, why=str(e))
+            self._answer_error(message.origin, event_id, "internal",
+                               f"{self.me.name} made a reply it cannot send")
+        finally:
+            self._inbound.pop(event_id, None)
+
+    async def _run_handler(self, event_id: int, message: Message) -> Message | None:
+        """The handler's reply, or None once an ERROR has been sent instead."""
+        handler = self.handlers[message.kind]
+        try:
+            return await handler(message)
         except HandlerError as e:
             self._answer_error(message.origin, event_id, e.code, e.message)
-            return
+        except CancelledError:
+            raise
         except Exception:
             self.log.failure("handler of {kind} failed", kind=message.kind.name)
             self._answer_error(message.origin, event_id, "internal",
                                f"{self.me.name} failed to handle {message.kind.name}")
-            return
-        finally:
-            self._inbound.pop(event_id, None)
-        first = Frame(Kind.REPLY, self._new_id(), correlation=event_id,
-                      meta=dict(reply.meta))
-        try:
-            await self._send_stream(message.origin, first, reply.data)
-        except (BusError, ConnectionError) as e:
-            self.log.info("reply to {origin} not sent: {why}", origin=message.origin,
-                          why=str(e))
+        return None
 
     def _cancel_arrived(self, frame: Frame) -> None:
         inbound = self._inbound.pop(frame.correlation, None)
         if inbound is not None and inbound.running is not None:
             inbound.running.cancel()
+
+    def _forget_inbound_via(self, peer: str) -> None:
+        """Drop requests whose origin was reached over a link that just went away."""
+        for event_id, inbound in list(self._inbound.items()):
+            if inbound.origin != self.me.name and self.routes.next_hop(
+                inbound.origin
+            ) == peer:
+                del self._inbound[event_id]
+                if inbound.running is not None:
+                    inbound.running.cancel()
 
     def _answer_error(self, origin: str, event_id: int, code: str, message: str) -> None:
         frame = Frame(Kind.ERROR, self._new_id(), correlation=event_id,
@@ -513,7 +542,7 @@ class BusNode(MultiService):
             # A request a node sends itself has its id in both tables: its data
             # belongs to the handler until the handler starts, then to the reply.
             inbound = self._inbound.get(frame.correlation)
-            if inbound is not None and inbound.running is None:
+            if inbound is not None and not inbound.started:
                 self._inbound_data(frame.correlation, frame)
             elif frame.correlation in self._pending:
                 self._answer_arrived(frame)

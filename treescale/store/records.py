@@ -248,8 +248,8 @@ def _stored_from_reply(reply: Message) -> Stored | None:
     return Stored(Version.from_list(version), value)
 
 
-async def handle_record_get(files: RecordFiles, message: Message) -> Message:
-    """A relay's answer to RECORD_GET."""
+def answer_record_get(files: RecordFiles, message: Message) -> Message:
+    """A relay's answer to RECORD_GET (blocking: reads its file)."""
     key = _key_of(message)
     stored = files.get(key)
     if stored is None:
@@ -258,8 +258,8 @@ async def handle_record_get(files: RecordFiles, message: Message) -> Message:
     return Message(Kind.REPLY, message.origin, meta, stored.value or b"")
 
 
-async def handle_record_put(files: RecordFiles, message: Message) -> Message:
-    """A relay's answer to RECORD_PUT: keep the version if it is newer."""
+def answer_record_put(files: RecordFiles, message: Message) -> Message:
+    """A relay's answer to RECORD_PUT: keep the version if newer (blocking)."""
     key = _key_of(message)
     try:
         version = Version.from_list(message.meta.get("version"))

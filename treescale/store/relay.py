@@ -1,12 +1,14 @@
 """A store relay's answers to bus events: chunks and records on its own disk.
 
-Chunk files are read and written in the reactor's thread pool, so one slow disk
-operation never stalls the links of this relay.
+Chunk and record files are read and written in the reactor's thread pool, so one slow
+disk operation never stalls the links of this relay. Record work runs one request at a
+time, since a record put is a read-compare-replace of one file.
 """
 
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from twisted.internet.defer import DeferredLock
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -15,7 +17,11 @@ from twisted.python.threadpool import ThreadPool
 from treescale.bus.frames import Kind
 from treescale.bus.node import BusNode, HandlerError, Message
 from treescale.store.chunks import ChunkCorrupt, ChunkError, ChunkMissing, ChunkStore
-from treescale.store.records import RecordFiles, handle_record_get, handle_record_put
+from treescale.store.records import (
+    RecordFiles,
+    answer_record_get,
+    answer_record_put,
+)
 
 
 class Relay:
@@ -33,14 +39,32 @@ class Relay:
         self.reactor = reactor
         self.pool = pool
         self.max_chunk = max_chunk
+        self._record_lock = DeferredLock()
         handlers: dict[Kind, Callable[[Message], Awaitable[Message]]] = {
             Kind.CHUNK_PUT: self.chunk_put,
             Kind.CHUNK_GET: self.chunk_get,
             Kind.CHUNK_HAS: self.chunk_has,
-            Kind.RECORD_GET: lambda m: handle_record_get(self.records, m),
-            Kind.RECORD_PUT: lambda m: handle_record_put(self.records, m),
+            Kind.RECORD_GET: self.record_get,
+            Kind.RECORD_PUT: self.record_put,
         }
         bus.handlers.update(handlers)
+
+    async def record_get(self, message: Message) -> Message:
+        return await self._record_work(answer_record_get, message)
+
+    async def record_put(self, message: Message) -> Message:
+        return await self._record_work(answer_record_put, message)
+
+    async def _record_work(
+        self, answer: Callable[[RecordFiles, Message], Message], message: Message
+    ) -> Message:
+        await self._record_lock.acquire()
+        try:
+            return await deferToThreadPool(
+                self.reactor, self.pool, answer, self.records, message
+            )
+        finally:
+            self._record_lock.release()
 
     async def chunk_put(self, message: Message) -> Message:
         """Keep a chunk whose bytes hash to its digest; refuse anything else."""
