@@ -7,6 +7,7 @@ known, addresses that parse, sizes that are positive. A `ConfigError` names the 
 the node and the field, so an operator can fix the line at once.
 """
 
+import contextlib
 import ipaddress
 import socket
 import tomllib
@@ -112,7 +113,9 @@ def load(path: Path | str, data_dir: Path | str | None = None) -> Topology:
     try:
         raw = tomllib.loads(source.read_text(encoding="utf-8"))
     except OSError as e:
-        raise ConfigError(source, None, "-", f"cannot read the file: {e.strerror}") from e
+        raise ConfigError(
+            source, None, "-", f"cannot read the file: {e.strerror}"
+        ) from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(source, None, "-", f"not valid TOML: {e}") from e
     return parse(raw, source, data_dir)
@@ -125,10 +128,13 @@ def parse(
     cluster = _table(raw.get("cluster", {}), source, None, "cluster")
     node_tables = raw.get("node")
     if not isinstance(node_tables, list) or not node_tables:
-        raise ConfigError(source, None, "node", "the file must list at least one [[node]]")
+        raise ConfigError(
+            source, None, "node", "the file must list at least one [[node]]"
+        )
 
-    nodes = tuple(_parse_node(table, source, index) for index, table in
-                  enumerate(node_tables))
+    nodes = tuple(
+        _parse_node(table, source, index) for index, table in enumerate(node_tables)
+    )
     _check_unique(nodes, source)
     _check_tree(nodes, source)
 
@@ -136,17 +142,35 @@ def parse(
     topology = Topology(
         source=source,
         cluster=_string(cluster.get("name", "treescale"), source, None, "cluster.name"),
-        data_dir=Path(_string(str(chosen_dir or "./treescale-data"), source, None,
-                              "cluster.data_dir")),
-        chunk_size=_bounded_int(cluster.get("chunk_size", DEFAULT_CHUNK_SIZE), source,
-                                "cluster.chunk_size", MIN_CHUNK_SIZE, MAX_CHUNK_SIZE),
-        replicas=_bounded_int(cluster.get("replicas", DEFAULT_REPLICAS), source,
-                              "cluster.replicas", 1, 16),
+        data_dir=Path(
+            _string(
+                str(chosen_dir or "./treescale-data"), source, None, "cluster.data_dir"
+            )
+        ),
+        chunk_size=_bounded_int(
+            cluster.get("chunk_size", DEFAULT_CHUNK_SIZE),
+            source,
+            "cluster.chunk_size",
+            MIN_CHUNK_SIZE,
+            MAX_CHUNK_SIZE,
+        ),
+        replicas=_bounded_int(
+            cluster.get("replicas", DEFAULT_REPLICAS), source, "cluster.replicas", 1, 16
+        ),
         record_replicas=_bounded_int(
-            cluster.get("record_replicas", DEFAULT_RECORD_REPLICAS), source,
-            "cluster.record_replicas", 1, 16),
-        window=_bounded_int(cluster.get("window", DEFAULT_WINDOW), source,
-                            "cluster.window", 1, MAX_WINDOW),
+            cluster.get("record_replicas", DEFAULT_RECORD_REPLICAS),
+            source,
+            "cluster.record_replicas",
+            1,
+            16,
+        ),
+        window=_bounded_int(
+            cluster.get("window", DEFAULT_WINDOW),
+            source,
+            "cluster.window",
+            1,
+            MAX_WINDOW,
+        ),
         nodes=nodes,
     )
     _check_stores(topology)
@@ -165,13 +189,22 @@ def _parse_node(table: object, source: Path, index: int) -> NodeConfig:
     roles = frozenset(str(role) for role in roles_raw)
     if not roles <= ROLES:
         unknown = ", ".join(sorted(roles - ROLES))
-        raise ConfigError(source, name, "roles", f"unknown role {unknown}; use "
-                          "'registry' and/or 'store'")
+        raise ConfigError(
+            source,
+            name,
+            "roles",
+            f"unknown role {unknown}; use 'registry' and/or 'store'",
+        )
 
     http = node.get("http")
     if "registry" in roles and not http:
-        raise ConfigError(source, name, "http", "a registry node needs an http "
-                          "endpoint, e.g. 'tcp:5000:interface=127.0.0.1'")
+        raise ConfigError(
+            source,
+            name,
+            "http",
+            "a registry node needs an http "
+            "endpoint, e.g. 'tcp:5000:interface=127.0.0.1'",
+        )
     if http is not None:
         http = _string(http, source, name, "http")
 
@@ -212,11 +245,19 @@ def _check_unique(nodes: tuple[NodeConfig, ...], source: Path) -> None:
         if node.name in seen_names:
             raise ConfigError(source, node.name, "name", "appears twice")
         if node.id in seen_ids:
-            raise ConfigError(source, node.name, "id",
-                              f"{node.id} is already the id of {seen_ids[node.id]!r}")
+            raise ConfigError(
+                source,
+                node.name,
+                "id",
+                f"{node.id} is already the id of {seen_ids[node.id]!r}",
+            )
         if node.bus in seen_buses:
-            raise ConfigError(source, node.name, "bus",
-                              f"{node.bus} is already used by {seen_buses[node.bus]!r}")
+            raise ConfigError(
+                source,
+                node.name,
+                "bus",
+                f"{node.bus} is already used by {seen_buses[node.bus]!r}",
+            )
         seen_names.add(node.name)
         seen_ids[node.id] = node.name
         seen_buses[node.bus] = node.name
@@ -227,21 +268,33 @@ def _check_tree(nodes: tuple[NodeConfig, ...], source: Path) -> None:
     roots = [node.name for node in nodes if node.parent is None]
     if len(roots) != 1:
         listed = ", ".join(roots) or "none"
-        raise ConfigError(source, roots[1] if len(roots) > 1 else None, "parent",
-                          f"exactly one node must have no parent (roots: {listed})")
+        raise ConfigError(
+            source,
+            roots[1] if len(roots) > 1 else None,
+            "parent",
+            f"exactly one node must have no parent (roots: {listed})",
+        )
 
     for node in nodes:
         if node.parent is not None and node.parent not in by_name:
-            raise ConfigError(source, node.name, "parent",
-                              f"{node.parent!r} is not a node of this file")
+            raise ConfigError(
+                source,
+                node.name,
+                "parent",
+                f"{node.parent!r} is not a node of this file",
+            )
 
     for node in nodes:
         path = [node.name]
         current = node
         while current.parent is not None:
             if current.parent in path:
-                raise ConfigError(source, node.name, "parent",
-                                  "cycle: " + " -> ".join([*path, current.parent]))
+                raise ConfigError(
+                    source,
+                    node.name,
+                    "parent",
+                    "cycle: " + " -> ".join([*path, current.parent]),
+                )
             path.append(current.parent)
             current = by_name[current.parent]
 
@@ -250,8 +303,9 @@ def _check_stores(topology: Topology) -> None:
     if not topology.stores:
         raise ConfigError(topology.source, None, "roles", "no node has the store role")
     if not any(node.is_registry for node in topology.nodes):
-        raise ConfigError(topology.source, None, "roles",
-                          "no node has the registry role")
+        raise ConfigError(
+            topology.source, None, "roles", "no node has the registry role"
+        )
 
 
 def _table(value: object, source: Path, node: str | None, field: str) -> dict[str, Any]:
@@ -267,7 +321,11 @@ def _string(value: object, source: Path, node: str | None, field: str) -> str:
 
 
 def _bounded_int(
-    value: object, source: Path, field: str, low: int, high: int,
+    value: object,
+    source: Path,
+    field: str,
+    low: int,
+    high: int,
     node: str | None = None,
 ) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
@@ -291,11 +349,8 @@ def is_local_host(host: str) -> bool:
         return False
     addresses = {str(info[4][0]) for info in infos}
     local = {"127.0.0.1", "::1"}
-    try:
+    with contextlib.suppress(OSError):
         local.update(
-            str(info[4][0])
-            for info in socket.getaddrinfo(socket.gethostname(), None)
+            str(info[4][0]) for info in socket.getaddrinfo(socket.gethostname(), None)
         )
-    except OSError:
-        pass
     return bool(addresses & local)

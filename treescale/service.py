@@ -15,24 +15,30 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from twisted.application import strports
 from twisted.application.service import IService, MultiService
-from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
 from twisted.web.resource import Resource
-from twisted.web.server import Request
+from twisted.web.server import Request, Site
 
 from treescale.bus.node import BusNode
 from treescale.config import NodeConfig, Topology
+from treescale.registry.app import Registry
+from treescale.registry.app import make_site as registry_site
 from treescale.store.cluster import ClusterStorage
 from treescale.store.relay import Relay
 
 log = Logger()
 
 
+# The reactor passed around here is the global one, used as a core, TCP, time and
+# thread-pool reactor at once: no single interface names that mix, hence Any.
+
+
 def make_process_service(
-    topology: Topology, names: Sequence[str], reactor: IReactorCore
+    topology: Topology, names: Sequence[str], reactor: Any
 ) -> IService:
     """Services for the nodes named, or for every local node when none is named."""
     nodes = [topology.node(name) for name in names] or list(topology.local_nodes())
@@ -44,15 +50,18 @@ def make_process_service(
     return top
 
 
-def make_node_service(
-    topology: Topology, node: NodeConfig, reactor: IReactorCore
-) -> IService:
+def make_node_service(topology: Topology, node: NodeConfig, reactor: Any) -> IService:
     """One node: its bus, and a relay or a registry (or both) on top of it."""
-    bus = BusNode(topology, node, reactor, reactor)  # type: ignore[arg-type]
+    bus = BusNode(topology, node, reactor, reactor)
     if node.is_store:
         root = Path(topology.data_dir).resolve() / node.name
-        Relay(bus, root, reactor, reactor.getThreadPool(),  # type: ignore[attr-defined]
-              max_chunk=topology.chunk_size)
+        Relay(
+            bus,
+            root,
+            reactor,
+            reactor.getThreadPool(),
+            max_chunk=topology.chunk_size,
+        )
     if node.is_registry:
         assert node.http is not None
         web = strports.service(node.http, make_site(bus, topology, node, reactor))
@@ -60,14 +69,10 @@ def make_node_service(
     return bus
 
 
-def make_site(
-    bus: BusNode, topology: Topology, node: NodeConfig, reactor: IReactorCore
-) -> object:
+def make_site(bus: BusNode, topology: Topology, node: NodeConfig, reactor: Any) -> Site:
     """The registry's HTTP site, with the node's status page beside the API."""
-    from treescale.registry.app import Registry, make_site as registry_site
-
-    storage = ClusterStorage(bus, topology, reactor)  # type: ignore[arg-type]
-    registry = Registry(storage, clock=reactor)  # type: ignore[arg-type]
+    storage = ClusterStorage(bus, topology, reactor)
+    registry = Registry(storage, clock=reactor)
     site = registry_site(registry)
     site.resource = _WithStatus(site.resource, bus, storage)
     return site
@@ -79,7 +84,7 @@ class _WithStatus(Resource):
     isLeaf = True
 
     def __init__(self, inner: Resource, bus: BusNode, storage: ClusterStorage) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.inner = inner
         self.bus = bus
         self.storage = storage

@@ -88,7 +88,7 @@ class Link(Protocol):
         try:
             frames = self._decoder.feed(data)
         except FrameError as e:
-            self.abort("bad frame from peer: {}".format(e))
+            self.abort(f"bad frame from peer: {e}")
             return
         for frame in frames:
             if self._closed:
@@ -107,7 +107,7 @@ class Link(Protocol):
 
     def _hello_received(self, frame: Frame) -> None:
         if frame.kind != Kind.HELLO:
-            self.abort("expected HELLO, got {}".format(frame.kind.name))
+            self.abort(f"expected HELLO, got {frame.kind.name}")
             return
         why, peer = self.node.check_hello(frame.meta, self.expected_peer)
         if why:
@@ -128,13 +128,13 @@ class Link(Protocol):
     def _beat(self) -> None:
         silent = self.clock.seconds() - self._last_heard
         if silent > self.settings.idle_timeout:
-            self.abort("peer silent for {:.1f} s".format(silent))
+            self.abort(f"peer silent for {silent:.1f} s")
             return
         self.send(self.node.heartbeat_frame())
 
     def _handshake_expired(self) -> None:
         self._handshake_timer = None
-        self.abort("no HELLO within {} s".format(self.settings.handshake_timeout))
+        self.abort(f"no HELLO within {self.settings.handshake_timeout} s")
 
     def _stop_timers(self) -> None:
         if self._heartbeat is not None and self._heartbeat.running:
@@ -154,9 +154,7 @@ class Link(Protocol):
         if self._paused:
             self._unsent += len(data)
             if self._unsent > self.settings.max_unsent:
-                self.abort(
-                    "{} bytes unsent to a peer that does not read".format(self._unsent)
-                )
+                self.abort(f"{self._unsent} bytes unsent to a peer that does not read")
                 return
         self.transport.write(data)
 
@@ -228,4 +226,3 @@ class LinkFactory(Factory):
 
     def buildProtocol(self, addr: object) -> Link:
         return Link(self.node, self.expected_peer)
-

@@ -2,8 +2,8 @@
 
 A `BusNode` listens for its children, dials its parent (through `ClientService`, which
 owns retry and backoff), and routes every frame by the TreeScale path model of
-`treescale.bus.routing`. Above the frames it offers one verb, `request`: send an event to
-a named node and get its reply back.
+`treescale.bus.routing`. Above the frames it offers one verb, `request`: send an
+event to a named node and get its reply back.
 
 A request travels as a first frame of its kind, then its data as DATA pieces, the last
 one flagged END (a request without data carries END itself). The handler's answer comes
@@ -43,6 +43,7 @@ from treescale.bus.routing import RouteError, RouteTable, nth_prime
 from treescale.config import NodeConfig, Topology
 
 DEFAULT_TIMEOUT = 30.0
+DEFAULT_LINK_SETTINGS = LinkSettings()
 SEEN_EVENTS = 65536
 
 
@@ -141,7 +142,7 @@ class BusNode(MultiService):
         me: NodeConfig,
         reactor: IReactorTCP,
         clock: IReactorTime,
-        link_settings: LinkSettings = LinkSettings(),
+        link_settings: LinkSettings = DEFAULT_LINK_SETTINGS,
         max_request_data: int | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
@@ -192,7 +193,9 @@ class BusNode(MultiService):
     def _listening(self, port: IListeningPort) -> None:
         self._port = port
         self.log.info(
-            "bus of {node} listening on {address}", node=self.me.name, address=self.me.bus
+            "bus of {node} listening on {address}",
+            node=self.me.name,
+            address=self.me.bus,
         )
 
     def _listen_failed(self, failure: Failure) -> None:
@@ -332,15 +335,18 @@ class BusNode(MultiService):
     def _cancel(self, event_id: int) -> None:
         pending = self._pending.pop(event_id, None)
         if pending is not None:
-            self._send_to(pending.dest, Frame(Kind.CANCEL, self._new_id(),
-                                              correlation=event_id))
+            self._send_to(
+                pending.dest, Frame(Kind.CANCEL, self._new_id(), correlation=event_id)
+            )
 
     def _fail(self, event_id: int, error: Exception) -> None:
         pending = self._pending.pop(event_id, None)
         if pending is not None and not pending.done.called:
             if not isinstance(error, LinkLost | Unreachable):
-                self._send_to(pending.dest, Frame(Kind.CANCEL, self._new_id(),
-                                                  correlation=event_id))
+                self._send_to(
+                    pending.dest,
+                    Frame(Kind.CANCEL, self._new_id(), correlation=event_id),
+                )
             pending.done.errback(error)
 
     def _answer_arrived(self, frame: Frame) -> None:
@@ -364,8 +370,9 @@ class BusNode(MultiService):
             pending.pieces.append(frame.payload)
         if frame.flags & Flag.END and pending.meta is not None:
             del self._pending[frame.correlation]
-            reply = Message(Kind.REPLY, pending.dest, pending.meta,
-                            b"".join(pending.pieces))
+            reply = Message(
+                Kind.REPLY, pending.dest, pending.meta, b"".join(pending.pieces)
+            )
             pending.done.callback(reply)
 
     # Requests, the handler's side.
@@ -377,8 +384,12 @@ class BusNode(MultiService):
             return
         handler = self.handlers.get(frame.kind)
         if handler is None:
-            self._answer_error(origin, frame.event_id, "unsupported",
-                               f"{self.me.name} does not handle {frame.kind.name}")
+            self._answer_error(
+                origin,
+                frame.event_id,
+                "unsupported",
+                f"{self.me.name} does not handle {frame.kind.name}",
+            )
             return
         inbound = _Inbound(frame.kind, origin, frame.meta, self.max_request_data)
         self._inbound[frame.event_id] = inbound
@@ -391,14 +402,19 @@ class BusNode(MultiService):
         inbound.received += len(frame.payload)
         if inbound.received > inbound.max_data:
             del self._inbound[event_id]
-            self._answer_error(inbound.origin, event_id, "too_large",
-                               f"request data over {inbound.max_data} bytes")
+            self._answer_error(
+                inbound.origin,
+                event_id,
+                "too_large",
+                f"request data over {inbound.max_data} bytes",
+            )
             return
         if frame.payload:
             inbound.pieces.append(frame.payload)
         if frame.flags & Flag.END:
-            message = Message(inbound.kind, inbound.origin, inbound.meta,
-                              b"".join(inbound.pieces))
+            message = Message(
+                inbound.kind, inbound.origin, inbound.meta, b"".join(inbound.pieces)
+            )
             inbound.pieces = []
             inbound.started = True
             inbound.running = ensureDeferred(self._handle(event_id, message))
@@ -409,19 +425,28 @@ class BusNode(MultiService):
             reply = await self._run_handler(event_id, message)
             if reply is None:
                 return
-            first = Frame(Kind.REPLY, self._new_id(), correlation=event_id,
-                          meta=dict(reply.meta))
+            first = Frame(
+                Kind.REPLY, self._new_id(), correlation=event_id, meta=dict(reply.meta)
+            )
             await self._send_stream(message.origin, first, reply.data)
         except CancelledError:
             return
         except (BusError, ConnectionError) as e:
-            self.log.info("reply to {origin} not sent: {why}", origin=message.origin,
-                          why=str(e))
+            self.log.info(
+                "reply to {origin} not sent: {why}", origin=message.origin, why=str(e)
+            )
         except FrameError as e:
-            self.log.error("reply of {kind} cannot be encoded: {why}",
-                           kind=message.kind.name, why=str(e))
-            self._answer_error(message.origin, event_id, "internal",
-                               f"{self.me.name} made a reply it cannot send")
+            self.log.error(
+                "reply of {kind} cannot be encoded: {why}",
+                kind=message.kind.name,
+                why=str(e),
+            )
+            self._answer_error(
+                message.origin,
+                event_id,
+                "internal",
+                f"{self.me.name} made a reply it cannot send",
+            )
         finally:
             self._inbound.pop(event_id, None)
 
@@ -436,8 +461,12 @@ class BusNode(MultiService):
             raise
         except Exception:
             self.log.failure("handler of {kind} failed", kind=message.kind.name)
-            self._answer_error(message.origin, event_id, "internal",
-                               f"{self.me.name} failed to handle {message.kind.name}")
+            self._answer_error(
+                message.origin,
+                event_id,
+                "internal",
+                f"{self.me.name} failed to handle {message.kind.name}",
+            )
         return None
 
     def _cancel_arrived(self, frame: Frame) -> None:
@@ -448,16 +477,24 @@ class BusNode(MultiService):
     def _forget_inbound_via(self, peer: str) -> None:
         """Drop requests whose origin was reached over a link that just went away."""
         for event_id, inbound in list(self._inbound.items()):
-            if inbound.origin != self.me.name and self.routes.next_hop(
-                inbound.origin
-            ) == peer:
+            if (
+                inbound.origin != self.me.name
+                and self.routes.next_hop(inbound.origin) == peer
+            ):
                 del self._inbound[event_id]
                 if inbound.running is not None:
                     inbound.running.cancel()
 
-    def _answer_error(self, origin: str, event_id: int, code: str, message: str) -> None:
-        frame = Frame(Kind.ERROR, self._new_id(), correlation=event_id,
-                      flags=Flag.END, meta={"code": code, "message": message})
+    def _answer_error(
+        self, origin: str, event_id: int, code: str, message: str
+    ) -> None:
+        frame = Frame(
+            Kind.ERROR,
+            self._new_id(),
+            correlation=event_id,
+            flags=Flag.END,
+            meta={"code": code, "message": message},
+        )
         self._send_to(origin, frame)
 
     # Sending and routing frames.
@@ -473,8 +510,13 @@ class BusNode(MultiService):
             piece = data[offset : offset + PIECE_SIZE]
             last = offset + PIECE_SIZE >= len(data)
             await self._wait_writable(dest)
-            frame = Frame(Kind.DATA, self._new_id(), correlation=correlation,
-                          flags=Flag.END if last else Flag.NONE, payload=piece)
+            frame = Frame(
+                Kind.DATA,
+                self._new_id(),
+                correlation=correlation,
+                flags=Flag.END if last else Flag.NONE,
+                payload=piece,
+            )
             self._send_to(dest, frame)
 
     async def _wait_writable(self, dest: str) -> None:
@@ -511,8 +553,12 @@ class BusNode(MultiService):
             try:
                 step = self.routes.step(frame.route, came_from)
             except RouteError as e:
-                self.log.warn("dropped {kind} from {peer}: {why}",
-                              kind=frame.kind.name, peer=came_from, why=str(e))
+                self.log.warn(
+                    "dropped {kind} from {peer}: {why}",
+                    kind=frame.kind.name,
+                    peer=came_from,
+                    why=str(e),
+                )
                 return
             deliver, forwards = step.deliver, dict(step.forwards)
 
@@ -527,8 +573,9 @@ class BusNode(MultiService):
     def _forward(self, peer: str, frame: Frame, incoming: Link | None) -> None:
         out = self.links.get(peer)
         if out is None:
-            self.log.warn("dropped {kind} for {peer}: link down",
-                          kind=frame.kind.name, peer=peer)
+            self.log.warn(
+                "dropped {kind} for {peer}: link down", kind=frame.kind.name, peer=peer
+            )
             return
         out.send(frame)
         if incoming is not None and not out.writable:

@@ -1,7 +1,8 @@
-"""Blobs as recipes of chunks: the chunker that cuts uploads, the reader that serves them.
+"""Blobs as recipes of chunks: the chunker cutting uploads, the reader serving them.
 
-A blob's recipe is its digest, its size and the ordered digests and sizes of its chunks.
-It is stored as the record ``recipe/<digest>``; the chunks themselves go to relays through
+A blob's recipe is its digest, its size and the ordered digests and sizes of its
+chunks. It is stored as the record ``recipe/<digest>``; the chunks themselves go to
+relays through
 a `ChunkClient`.
 
 Memory stays bounded by the window, never by the blob: an upload holds at most one
@@ -165,8 +166,12 @@ class ChunkedUpload:
         index = len(self._cut)
         put = ensureDeferred(self._chunks.put(ref.digest, data))
         self._in_flight[index] = put
-        put.addCallbacks(self._put_done, self._put_failed,
-                         callbackArgs=(index,), errbackArgs=(index, ref))
+        put.addCallbacks(
+            self._put_done,
+            self._put_failed,
+            callbackArgs=(index,),
+            errbackArgs=(index, ref),
+        )
         self._hold_or_release()
 
     def _put_done(self, _: object, index: int) -> None:
@@ -175,10 +180,14 @@ class ChunkedUpload:
     def _put_failed(self, failure: object, index: int, ref: ChunkRef) -> None:
         error = getattr(failure, "value", None)
         if not isinstance(error, CancelledError) and self._failure is None:
-            self.log.error("chunk {digest} could not be stored: {why}",
-                           digest=ref.digest, why=str(error))
-            self._failure = (error if isinstance(error, StorageError)
-                             else UploadFailed(str(error)))
+            self.log.error(
+                "chunk {digest} could not be stored: {why}",
+                digest=ref.digest,
+                why=str(error),
+            )
+            self._failure = (
+                error if isinstance(error, StorageError) else UploadFailed(str(error))
+            )
         self._settle(index)
 
     def _settle(self, index: int) -> None:

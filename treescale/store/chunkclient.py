@@ -59,7 +59,7 @@ class ChunkClient:
         self._turn = itertools.count()
 
     def candidates(self, digest: str) -> list[str]:
-        """Every relay in the order a chunk is looked for: homes first, then the rank."""
+        """Every relay in the order a chunk is looked for: homes, then the rank."""
         homes = [holder.name for holder in place(digest, self.holders, self.replicas)]
         rest = [h.name for h in rank(digest, self.holders) if h.name not in homes]
         return homes + rest
@@ -97,16 +97,21 @@ class ChunkClient:
             error = getattr(failure, "value", failure)
             if isinstance(error, CancelledError):
                 raise error
-            self.log.warn("chunk put of {digest} to {relay} failed: {why}",
-                          digest=digest, relay=name, why=str(error))
+            self.log.warn(
+                "chunk put of {digest} to {relay} failed: {why}",
+                digest=digest,
+                relay=name,
+                why=str(error),
+            )
             return False
 
         return call.addCallbacks(lambda _: True, failed)
 
     async def get(self, digest: str, size: int) -> bytes:
         """A chunk's verified bytes, from whichever holder gives them first."""
-        candidates = [name for name in self.candidates(digest)
-                      if self.bus.reachable(name)]
+        candidates = [
+            name for name in self.candidates(digest) if self.bus.reachable(name)
+        ]
         if not candidates:
             raise StorageUnavailable(f"no relay that may hold {digest} is reachable")
         # Rotate among the first holders only: the rest of the rank comes after
@@ -118,7 +123,10 @@ class ChunkClient:
 
     def _ask(self, name: str, digest: str, size: int) -> "Deferred[Message]":
         return self.bus.request(
-            name, Kind.CHUNK_GET, {"digest": digest}, max_reply=size,
+            name,
+            Kind.CHUNK_GET,
+            {"digest": digest},
+            max_reply=size,
             timeout=self.settings.get_timeout,
         )
 
@@ -146,9 +154,12 @@ class _Race:
         self._cancel_hedge()
         if not self.waiting:
             if not self.asked and not self.done.called:
-                self.done.errback(StorageUnavailable(
-                    f"chunk {self.digest}: no holder gave it ({'; '.join(self.errors)})"
-                ))
+                self.done.errback(
+                    StorageUnavailable(
+                        f"chunk {self.digest}: no holder gave it "
+                        f"({'; '.join(self.errors)})"
+                    )
+                )
             return
         name = self.waiting.pop(0)
         # The hedge is armed before the answer is looked at: an answer given at
@@ -159,13 +170,17 @@ class _Race:
             )
         call = self.client._ask(name, self.digest, self.size)
         self.asked[name] = call
-        call.addCallbacks(self._answered, self._failed,
-                          callbackArgs=(name,), errbackArgs=(name,))
+        call.addCallbacks(
+            self._answered, self._failed, callbackArgs=(name,), errbackArgs=(name,)
+        )
 
     def _hedge_fired(self) -> None:
         self.hedge = None
-        self.client.log.info("chunk {digest} slow from {relays}; asking another",
-                             digest=self.digest, relays=sorted(self.asked))
+        self.client.log.info(
+            "chunk {digest} slow from {relays}; asking another",
+            digest=self.digest,
+            relays=sorted(self.asked),
+        )
         self._ask_next()
 
     def _answered(self, reply: Message, name: str) -> None:
@@ -175,8 +190,11 @@ class _Race:
         data = reply.data
         actual = "sha256:" + hashlib.sha256(data).hexdigest()
         if actual != self.digest or len(data) != self.size:
-            self.client.log.error("bad bytes for chunk {digest} from {relay}",
-                                  digest=self.digest, relay=name)
+            self.client.log.error(
+                "bad bytes for chunk {digest} from {relay}",
+                digest=self.digest,
+                relay=name,
+            )
             self.errors.append(f"{name}: bad bytes")
             self._ask_next()
             return
@@ -189,8 +207,12 @@ class _Race:
         if self.done.called or isinstance(error, CancelledError):
             return
         if not isinstance(error, BusError):
-            self.client.log.error("chunk get of {digest} from {relay}: {why}",
-                                  digest=self.digest, relay=name, why=repr(error))
+            self.client.log.error(
+                "chunk get of {digest} from {relay}: {why}",
+                digest=self.digest,
+                relay=name,
+                why=repr(error),
+            )
         self.errors.append(f"{name}: {error}")
         self._ask_next()
 

@@ -24,8 +24,9 @@ class ClusterStorage:
     log = Logger()
 
     def __init__(self, bus: BusNode, topology: Topology, clock: IReactorTime) -> None:
-        holders = [Holder(node.name, node.weight, node.domain)
-                   for node in topology.stores]
+        holders = [
+            Holder(node.name, node.weight, node.domain) for node in topology.stores
+        ]
         self.bus = bus
         self.chunk_size = topology.chunk_size
         self.window = topology.window
@@ -38,8 +39,9 @@ class ClusterStorage:
 
     def relays_up(self) -> int:
         """How many store relays this node can reach now."""
-        return sum(1 for holder in self.chunks.holders
-                   if self.bus.reachable(holder.name))
+        return sum(
+            1 for holder in self.chunks.holders if self.bus.reachable(holder.name)
+        )
 
     async def recipe(self, digest: str) -> Recipe | None:
         data = await self.records.get(recipe_key(digest))
@@ -48,8 +50,9 @@ class ClusterStorage:
         try:
             return Recipe.decode(data)
         except (ValueError, KeyError, TypeError) as e:
-            self.log.error("recipe of {digest} unreadable: {why}", digest=digest,
-                           why=str(e))
+            self.log.error(
+                "recipe of {digest} unreadable: {why}", digest=digest, why=str(e)
+            )
             raise StorageUnavailable(f"the recipe of {digest} is damaged") from e
 
     async def blob_size(self, digest: str) -> int | None:

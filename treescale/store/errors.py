@@ -18,7 +18,7 @@ class DigestMismatch(StorageError):
 
 
 class UploadFailed(StorageError):
-    """An upload can no longer complete: a chunk could not be placed on enough relays."""
+    """An upload can no longer complete: a chunk is on too few relays."""
 
 
 class StorageUnavailable(StorageError):

@@ -197,19 +197,29 @@ class RecordClient:
     def _repair(self, key: str, newest: Stored, names: list[str]) -> None:
         self.log.info("repairing record {key} on {relays}", key=key, relays=names)
         for name in names:
-            d = self._ask(name, Kind.RECORD_PUT, _put_meta(key, newest),
-                          newest.value or b"", 1024)
+            d = self._ask(
+                name, Kind.RECORD_PUT, _put_meta(key, newest), newest.value or b"", 1024
+            )
             d.addErrback(lambda _: None)
 
     def _ask(
-        self, name: str, kind: Kind, meta: dict[str, object], data: bytes,
+        self,
+        name: str,
+        kind: Kind,
+        meta: dict[str, object],
+        data: bytes,
         max_reply: int,
     ) -> "Deferred[Message]":
-        return self.bus.request(name, kind, meta, data, max_reply=max_reply,
-                                timeout=self.timeout)
+        return self.bus.request(
+            name, kind, meta, data, max_reply=max_reply, timeout=self.timeout
+        )
 
     async def _ask_all(
-        self, names: list[str], kind: Kind, meta: dict[str, object], data: bytes,
+        self,
+        names: list[str],
+        kind: Kind,
+        meta: dict[str, object],
+        data: bytes,
         max_reply: int,
     ) -> dict[str, Message]:
         """Ask every replica at once; the answers of those that answered."""
@@ -222,7 +232,9 @@ class RecordClient:
             else:
                 self.log.warn(
                     "record {kind} on {relay} failed: {why}",
-                    kind=kind.name, relay=name, why=_why(result),
+                    kind=kind.name,
+                    relay=name,
+                    why=_why(result),
                 )
         return answers
 
@@ -267,7 +279,9 @@ def answer_record_put(files: RecordFiles, message: Message) -> Message:
         raise HandlerError("bad_request", str(e)) from e
     value = None if message.meta.get("deleted") else message.data
     if value is not None and len(value) > MAX_RECORD_SIZE:
-        raise HandlerError("too_large", f"record {key!r} is over {MAX_RECORD_SIZE} bytes")
+        raise HandlerError(
+            "too_large", f"record {key!r} is over {MAX_RECORD_SIZE} bytes"
+        )
     kept = files.put(key, Stored(version, value))
     return Message(Kind.REPLY, message.origin, {"kept": kept})
 

@@ -30,8 +30,12 @@ class Relay:
     log = Logger()
 
     def __init__(
-        self, bus: BusNode, root: Path, reactor: IReactorFromThreads,
-        pool: ThreadPool, max_chunk: int,
+        self,
+        bus: BusNode,
+        root: Path,
+        reactor: IReactorFromThreads,
+        pool: ThreadPool,
+        max_chunk: int,
     ) -> None:
         self.bus = bus
         self.chunks = ChunkStore(root)
@@ -79,8 +83,12 @@ class Relay:
                 self.reactor, self.pool, self._write, digest, message.data
             )
         except ChunkCorrupt as e:
-            self.log.warn("refused chunk {digest} from {origin}: {why}",
-                          digest=digest, origin=message.origin, why=str(e))
+            self.log.warn(
+                "refused chunk {digest} from {origin}: {why}",
+                digest=digest,
+                origin=message.origin,
+                why=str(e),
+            )
             raise HandlerError("digest_mismatch", str(e)) from e
         except ChunkError as e:
             raise HandlerError("bad_request", str(e)) from e
@@ -117,8 +125,9 @@ class Relay:
             size = self.chunks.size(digest)
         except ChunkError as e:
             raise HandlerError("bad_request", str(e)) from e
-        return Message(Kind.REPLY, message.origin, {"has": size is not None,
-                                                    "size": size})
+        return Message(
+            Kind.REPLY, message.origin, {"has": size is not None, "size": size}
+        )
 
 
 def _digest_of(message: Message) -> str:

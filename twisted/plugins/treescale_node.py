@@ -1,6 +1,7 @@
 """The twistd plugin ``treescale-node``: ``twistd -n treescale-node --config FILE``."""
 
 from pathlib import Path
+from typing import ClassVar
 
 from twisted.application.service import IService, IServiceMaker
 from twisted.plugin import IPlugin
@@ -13,13 +14,13 @@ DEFAULT_CONFIG = Path("conf") / "local.toml"
 class Options(usage.Options):
     """Command line of one treescale process."""
 
-    optParameters = [
+    optParameters: ClassVar[list[list[str | None]]] = [
         ["config", "c", None, "topology file (default: conf/local.toml)"],
         ["data-dir", "d", None, "folder for node data (overrides the file's data_dir)"],
     ]
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self["nodes"] = []
 
     def opt_node(self, name: str) -> None:
