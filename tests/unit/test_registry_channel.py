@@ -1,0 +1,57 @@
+"""The registry's HTTP channel: TLS handshakes refused at once, HTTP served."""
+
+from twisted.internet.testing import StringTransport
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from treescale.registry.channel import RegistryChannel
+
+CLIENT_HELLO_START = bytes([0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xFC])
+
+
+class Hello(Resource):
+    isLeaf = True
+
+    def render_GET(self, request: object) -> bytes:
+        return b"hello"
+
+
+def connected_channel() -> tuple[RegistryChannel, StringTransport]:
+    site = Site(Hello())
+    site.protocol = RegistryChannel  # type: ignore[assignment]
+    channel = site.buildProtocol(None)
+    assert isinstance(channel, RegistryChannel)
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    return channel, transport
+
+
+def test_tls_client_hello_is_answered_400_and_closed() -> None:
+    """A connection opening with a TLS handshake record gets a 400 and is closed."""
+    channel, transport = connected_channel()
+
+    channel.dataReceived(CLIENT_HELLO_START)
+
+    assert transport.value().startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert b"plain HTTP" in transport.value()
+    assert transport.disconnecting
+
+
+def test_plain_http_requests_are_served() -> None:
+    """An ordinary HTTP request on the channel is answered by the site."""
+    channel, transport = connected_channel()
+
+    channel.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+
+    assert transport.value().startswith(b"HTTP/1.1 200 OK\r\n")
+    assert transport.value().endswith(b"hello")
+
+
+def test_handshake_byte_later_in_a_connection_is_ordinary_data() -> None:
+    """Only a connection's first byte is looked at; later bytes reach the parser."""
+    channel, transport = connected_channel()
+
+    channel.dataReceived(b"G")
+    channel.dataReceived(b"ET / HTTP/1.1\r\nHost: \x16\r\n\r\n")
+
+    assert transport.value().startswith(b"HTTP/1.1 200 OK\r\n")
