@@ -19,6 +19,10 @@ Upload bodies stream through `request.StreamingRequest` (installed by `make_site
 straight into the session's `BlobUpload`. A request of another class (a test's
 in-memory client, say) has its buffered body fed to the upload by the handler, so
 both paths meet in `Registry._body_session`.
+
+Klein answers a request whose URL or Host is not UTF-8 itself, in plain text, before
+any route runs; `Registry.resource` puts a check in front of it so that answer too is
+the spec's error body.
 """
 
 import hashlib
@@ -26,13 +30,15 @@ import json
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, cast
+from urllib.parse import unquote_to_bytes
 
 from klein import Klein
-from twisted.internet.defer import Deferred, FirstError, gatherResults
+from twisted.internet.defer import CancelledError, Deferred, FirstError, gatherResults
 from twisted.internet.interfaces import IConsumer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
 from treescale.registry.errors import (
@@ -49,6 +55,7 @@ from treescale.registry.errors import (
     QUERY_INVALID,
     SIZE_INVALID,
     UNKNOWN,
+    URL_INVALID,
     ApiError,
     api_error_for,
     render_error,
@@ -69,6 +76,7 @@ from treescale.registry.names import (
 from treescale.registry.ranges import (
     ByteRange,
     parse_content_range,
+    parse_count,
     parse_range,
     upload_range,
 )
@@ -147,9 +155,35 @@ def _query(request: Request, name: str) -> str | None:
 
 
 def _header(request: Request, name: str) -> str | None:
-    """A request header's value, or None when absent."""
-    value = request.getHeader(name)
-    return value if value else None
+    """A request header's value, or None when absent.
+
+    Header bytes are read as ISO-8859-1, which decodes any of them: a value that
+    is not UTF-8 is then refused by the check it fails, not by a decoding error.
+    """
+    values = request.requestHeaders.getRawHeaders(name.encode("ascii"))
+    if not values or not values[-1]:
+        return None
+    return bytes(values[-1]).decode("latin-1")
+
+
+def _client_left(request: Request) -> bool:
+    """Whether the request's connection is gone, or going: its transport says so first.
+
+    A TCP transport marks itself disconnected before it stops the response's
+    producer, which is what fails a blob read; the request hears of it only later.
+    """
+    transport = getattr(request, "transport", None)
+    return request.channel is None or bool(getattr(transport, "disconnected", False))
+
+
+def _is_utf8_url(request: Request) -> bool:
+    """Whether the path (percent-decoded) and the Host are UTF-8, as Klein needs."""
+    try:
+        unquote_to_bytes(request.path).decode("utf-8")
+        request.getRequestHostname().decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 class Registry:
@@ -173,7 +207,11 @@ class Registry:
             self.settings.upload_idle_timeout,
         )
         self.app = Klein()
-        self.app.route("/v2/", branch=True, strict_slashes=False)(self._dispatch)
+        # Without merge_slashes=False, werkzeug answers a path with "//" by raising a
+        # redirect, which no handler expects.
+        self.app.route("/v2/", branch=True, strict_slashes=False, merge_slashes=False)(
+            self._dispatch
+        )
         self.app.handle_errors(Exception)(self._on_failure)
         self._handlers: dict[tuple[Endpoint, bytes], Handler] = {
             (Endpoint.VERSION, b"GET"): self._version,
@@ -195,6 +233,16 @@ class Registry:
     def close(self) -> None:
         """Give up every upload in progress, as the registry stops."""
         self.sessions.cancel_all()
+
+    def resource(self) -> IResource:
+        """The resource serving the API: the Klein app behind the UTF-8 URL check."""
+        return _ApiResource(self, self.app.resource())
+
+    def refuse_url(self, request: Request) -> bytes:
+        """The answer to a request whose URL or Host is not UTF-8."""
+        error = ApiError(URL_INVALID, {"path": request.path.decode("latin-1")})
+        failure = Failure(error)  # type: ignore[no-untyped-call]
+        return self._render_failure(request, failure) or b""
 
     # The streaming request's view of the registry (request.BodyRouter).
 
@@ -269,8 +317,8 @@ class Registry:
                 },
             )
 
-        length = _header(request, "content-length")
-        if length is not None and length.isdigit() and int(length) != last - first + 1:
+        length = parse_count(_header(request, "content-length") or "")
+        if length is not None and length != last - first + 1:
             raise ApiError(SIZE_INVALID, {"content_range": header, "length": length})
 
     # Dispatch and errors.
@@ -299,6 +347,14 @@ class Registry:
 
     def _render_failure(self, request: Request, failure: Failure) -> bytes | None:
         """The one place a failure becomes a response; bugs are logged, not shown."""
+        if isinstance(failure.value, CancelledError) and _client_left(request):
+            self.log.info(
+                "client left before {method} {path} was answered",
+                method=request.method.decode("latin-1"),
+                path=request.path.decode("latin-1"),
+            )
+            return None
+
         error = self._log_failure(request, failure)
         if getattr(request, "startedWriting", False):
             self._cut_short(request)
@@ -794,11 +850,29 @@ class Registry:
         if value is None:
             return self.settings.max_tags_page
 
-        if not value.isdigit():
+        count = parse_count(value)
+        if count is None:
             raise ApiError(QUERY_INVALID, {"n": value, "reason": "not a count"})
-        return int(value)
+        return count
+
+
+class _ApiResource(Resource):
+    """The Klein resource, with URLs Klein cannot decode refused in the spec's terms."""
+
+    isLeaf = True
+
+    def __init__(self, registry: Registry, inner: IResource) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self._registry = registry
+        self._inner = inner
+
+    def render(self, request: Request) -> bytes | int:
+        """Hand a readable request to Klein; answer any other one here."""
+        if not _is_utf8_url(request):
+            return self._registry.refuse_url(request)
+        return self._inner.render(request)  # type: ignore[no-any-return]
 
 
 def make_site(registry: Registry) -> Site:
     """A site serving the registry, with upload bodies streamed as they arrive."""
-    return StreamingSite(registry.app.resource(), registry)
+    return StreamingSite(registry.resource(), registry)

@@ -73,6 +73,7 @@ METHOD_NOT_ALLOWED = ErrorCode(
     "UNSUPPORTED", 405, "the endpoint does not support this method"
 )
 ENDPOINT_UNKNOWN = ErrorCode("UNSUPPORTED", 404, "no such endpoint")
+URL_INVALID = ErrorCode("UNSUPPORTED", 400, "the URL or the Host header is not UTF-8")
 RANGE_INVALID = ErrorCode("RANGE_INVALID", 416, "requested range not satisfiable")
 TOO_MANY_REQUESTS = ErrorCode("TOOMANYREQUESTS", 429, "too many requests")
 UNAVAILABLE = ErrorCode("UNAVAILABLE", 503, "service unavailable, retry later")
@@ -95,6 +96,7 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
     QUERY_INVALID,
     METHOD_NOT_ALLOWED,
     ENDPOINT_UNKNOWN,
+    URL_INVALID,
     RANGE_INVALID,
     TOO_MANY_REQUESTS,
     UNAVAILABLE,

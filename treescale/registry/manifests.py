@@ -45,6 +45,9 @@ NONDISTRIBUTABLE_LAYER_TYPES = frozenset(
 DEFAULT_MAX_MANIFEST_SIZE = 4 * 1024 * 1024
 """The spec: registries should accept manifests of at least 4 MiB."""
 
+MAX_DESCRIPTOR_SIZE = 2**63 - 1
+"""The image spec: a descriptor's size is an int64."""
+
 
 @dataclass(frozen=True)
 class Descriptor:
@@ -113,11 +116,16 @@ def _invalid(field: str, reason: str) -> ApiError:
     return ApiError(MANIFEST_INVALID, {"field": field, "reason": reason})
 
 
+def _refuse_constant(name: str) -> object:
+    """Refuse NaN and Infinity: Python reads them, JSON lacks them, clients choke."""
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def _decode(data: bytes) -> Mapping[str, object]:
-    """The manifest's JSON object."""
+    """The manifest's JSON object; nesting too deep to parse is invalid too."""
     try:
-        document = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as error:
+        document = json.loads(data.decode("utf-8"), parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
         raise _invalid("", f"not JSON: {error}") from None
 
     if not isinstance(document, dict):
@@ -215,6 +223,9 @@ def _descriptor(entry: object, field: str) -> Descriptor:
     size = entry.get("size")
     if isinstance(size, bool) or not isinstance(size, int) or size < 0:
         raise _invalid(f"{field}.size", "must be a non-negative integer")
+
+    if size > MAX_DESCRIPTOR_SIZE:
+        raise _invalid(f"{field}.size", "must fit in an int64")
 
     _check_annotations(entry, f"{field}.annotations")
     return Descriptor(media_type, digest, size)

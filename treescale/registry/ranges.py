@@ -1,5 +1,9 @@
 """Byte ranges in headers: a blob read's ``Range`` and an upload chunk's
 ``Content-Range``, parsed without I/O, and the ``Range`` an upload reports.
+
+Numbers are ASCII digits only (``\\d`` would take any script's digits) and saturate
+at `MAX_COUNT`: Python's ``int`` refuses strings of thousands of digits, and a client
+may send one.
 """
 
 import re
@@ -7,8 +11,26 @@ from dataclasses import dataclass
 
 from treescale.registry.errors import BLOB_UPLOAD_RANGE, RANGE_INVALID, ApiError
 
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)", re.IGNORECASE)
-_CONTENT_RANGE = re.compile(r"(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?")
+_RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)", re.IGNORECASE)
+_CONTENT_RANGE = re.compile(r"(?:bytes[ =])?([0-9]+)-([0-9]+)(?:/(?:[0-9]+|\*))?")
+
+MAX_COUNT = 2**63 - 1
+"""Past any blob's size; a larger number in a request counts as this one."""
+
+
+def _number(digits: str) -> int:
+    """The value of a string of ASCII digits, saturated at `MAX_COUNT`."""
+    significant = digits.lstrip("0")
+    if len(significant) > len(str(MAX_COUNT)):
+        return MAX_COUNT
+    return min(int(significant or "0"), MAX_COUNT)
+
+
+def parse_count(text: str) -> int | None:
+    """A non-negative decimal count (a length, a page size), or None if not one."""
+    if not text or not text.isascii() or not text.isdigit():
+        return None
+    return _number(text)
 
 
 @dataclass(frozen=True)
@@ -55,13 +77,13 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
         raise _unsatisfiable(header, size)
 
     if not first:
-        suffix = int(last)
+        suffix = _number(last)
         if suffix == 0 or size == 0:
             raise _unsatisfiable(header, size)
         return ByteRange(max(size - suffix, 0), size)
 
-    start = int(first)
-    end = int(last) + 1 if last else size
+    start = _number(first)
+    end = _number(last) + 1 if last else size
     if start >= size or end <= start:
         raise _unsatisfiable(header, size)
 
@@ -82,7 +104,7 @@ def parse_content_range(header: str) -> tuple[int, int]:
             message="Content-Range is not of the form <first>-<last>",
         )
 
-    first, last = int(match.group(1)), int(match.group(2))
+    first, last = _number(match.group(1)), _number(match.group(2))
     if last < first:
         raise ApiError(
             BLOB_UPLOAD_RANGE,

@@ -31,11 +31,11 @@ Design notes:
 
 from io import BytesIO
 from typing import Protocol
-from urllib.parse import parse_qs
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http import parse_qs
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 from zope.interface import implementer
@@ -213,7 +213,9 @@ class StreamingRequest(Request):
         self.method = command
         self.uri = uri
         self.path, _, query = uri.partition(b"?")
-        self.args = parse_qs(query, keep_blank_values=True)
+        # twisted.web's own parser, as `requestReceived` uses later: the standard
+        # library's fails on bytes that unquote to anything but ASCII.
+        self.args = parse_qs(query, 1)  # type: ignore[no-untyped-call]
         self.request_line_known = True
         return True
 
