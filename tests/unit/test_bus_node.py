@@ -314,8 +314,9 @@ def test_request_to_itself_is_handled_locally() -> None:
     assert success(d).data == BIG[::-1]
 
 
-def test_on_reply_fires_before_the_data() -> None:
-    """on_reply is called when the reply starts, before the requester's result."""
+def test_on_progress_fires_at_each_piece_before_the_result() -> None:
+    """on_progress is called as the reply starts and at each data piece, then the
+    result fires."""
     tree = wired()
     parked = Parked()
     tree["b"].handlers[Kind.CHUNK_GET] = parked
@@ -326,14 +327,15 @@ def test_on_reply_fires_before_the_data() -> None:
         Kind.CHUNK_GET,
         {},
         max_reply=len(BIG),
-        on_reply=lambda: started.append(d.called),
+        on_progress=lambda: started.append(d.called),
     )
     tree.flush()
     assert started == []
     parked.waiting[0].callback(Message(Kind.REPLY, "root", {}, BIG))
     tree.flush()
 
-    assert started == [False]
+    pieces = -(-len(BIG) // PIECE_SIZE)
+    assert started == [False] * (1 + pieces)
     assert success(d).data == BIG
 
 

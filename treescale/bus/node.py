@@ -111,7 +111,7 @@ class _Pending:
     link: str | None
     max_data: int
     done: "Deferred[Message]"
-    on_reply: Callable[[], None] | None
+    on_progress: Callable[[], None] | None
     meta: Mapping[str, Any] | None = None
     pieces: list[bytes] = field(default_factory=list)
     received: int = 0
@@ -294,12 +294,13 @@ class BusNode(MultiService):
         *,
         max_reply: int = 1024 * 1024,
         timeout: float = DEFAULT_TIMEOUT,
-        on_reply: Callable[[], None] | None = None,
+        on_progress: Callable[[], None] | None = None,
     ) -> "Deferred[Message]":
         """Send a request to `dest` and get its reply; cancel the Deferred to stop it.
 
-        `on_reply` is called when the reply starts to arrive, before its data: callers
-        racing several holders use it to cancel the slower ones.
+        `on_progress` is called when the reply starts to arrive and again at each
+        piece of its data: callers racing several holders use it to tell a slow
+        holder from one that is still sending.
         """
         event_id = self._new_id()
         done: Deferred[Message] = Deferred(lambda _: self._cancel(event_id))
@@ -312,7 +313,7 @@ class BusNode(MultiService):
             done.errback(Unreachable(f"no link toward {dest} (via {hop})"))
             return done
 
-        self._pending[event_id] = _Pending(dest, hop, max_reply, done, on_reply)
+        self._pending[event_id] = _Pending(dest, hop, max_reply, done, on_progress)
         timer = self.clock.callLater(
             timeout, self._fail, event_id, RequestTimeout(f"{kind.name} to {dest}")
         )
@@ -360,8 +361,8 @@ class BusNode(MultiService):
             return
         if frame.kind == Kind.REPLY:
             pending.meta = frame.meta
-            if pending.on_reply is not None:
-                pending.on_reply()
+        if pending.on_progress is not None:
+            pending.on_progress()
         if frame.payload:
             pending.received += len(frame.payload)
             if pending.received > pending.max_data:

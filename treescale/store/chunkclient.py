@@ -6,21 +6,23 @@ chunk's home. A put that cannot reach a home relay uses the next relay of the ra
 a push goes on while a relay is down; a get walks the same rank, so it finds those
 chunks too.
 
-A get is hedged rather than broadcast: it asks one holder first, rotating among the
-home relays from one chunk to the next so that the chunks of one blob come from every
-relay at once, and asks the next holder as soon as the first fails, sends bad bytes or
-stays silent for `hedge_after` seconds. The first whole, verified answer wins and the
-others are cancelled. Asking every holder at once from the start would send each chunk
-twice over the relays' links, halving what a pull gets from them.
+A get is hedged rather than broadcast: it asks one holder first, the home relay with
+the fewest bytes of gets in flight (ties rotate), so that the chunks of one blob come
+from every relay at once and a relay that holds more of them is not asked for more
+than its share. It asks the next holder as soon as the first fails, sends bad bytes,
+or makes no progress (no reply, no new piece of data) for `hedge_after` seconds. The
+first whole, verified answer wins and the others are cancelled. Asking every holder
+at once from the start would send each chunk twice over the relays' links, halving
+what a pull gets from them.
 """
 
 import hashlib
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from treescale.bus.frames import Kind
@@ -57,6 +59,7 @@ class ChunkClient:
         self.settings = settings
         self.replicas = min(settings.replicas, len(self.holders))
         self._turn = itertools.count()
+        self._load: dict[str, int] = {holder.name: 0 for holder in self.holders}
 
     def candidates(self, digest: str) -> list[str]:
         """Every relay in the order a chunk is looked for: homes, then the rank."""
@@ -114,21 +117,38 @@ class ChunkClient:
         ]
         if not candidates:
             raise StorageUnavailable(f"no relay that may hold {digest} is reachable")
-        # Rotate among the first holders only: the rest of the rank comes after
-        # the homes, since it holds the chunk only after a fallback put.
+        return await _Race(self, digest, size, self._order(candidates)).run()
+
+    def _order(self, candidates: list[str]) -> list[str]:
+        """Homes least loaded first (ties rotating), then the rest of the rank.
+
+        The rest comes after the homes, since it holds a chunk only after a
+        fallback put.
+        """
         first = min(self.replicas, len(candidates))
         turn = next(self._turn) % first
-        order = candidates[turn:first] + candidates[:turn] + candidates[first:]
-        return await _Race(self, digest, size, order).run()
+        homes = candidates[turn:first] + candidates[:turn]
+        homes.sort(key=lambda name: self._load.get(name, 0))
+        return homes + candidates[first:]
 
-    def _ask(self, name: str, digest: str, size: int) -> "Deferred[Message]":
-        return self.bus.request(
+    def _ask(
+        self, name: str, digest: str, size: int, on_progress: Callable[[], None]
+    ) -> "Deferred[Message]":
+        self._load[name] = self._load.get(name, 0) + size
+        call = self.bus.request(
             name,
             Kind.CHUNK_GET,
             {"digest": digest},
             max_reply=size,
             timeout=self.settings.get_timeout,
+            on_progress=on_progress,
         )
+
+        def settled(result: object) -> object:
+            self._load[name] -= size
+            return result
+
+        return call.addBoth(settled)
 
 
 class _Race:
@@ -143,7 +163,7 @@ class _Race:
         self.waiting = list(order)
         self.asked: dict[str, Deferred[Message]] = {}
         self.done: Deferred[bytes] = Deferred(lambda _: self._stop())
-        self.hedge: object | None = None
+        self.hedge: IDelayedCall | None = None
         self.errors: list[str] = []
 
     async def run(self) -> bytes:
@@ -168,16 +188,22 @@ class _Race:
             self.hedge = self.client.clock.callLater(
                 self.client.settings.hedge_after, self._hedge_fired
             )
-        call = self.client._ask(name, self.digest, self.size)
+        call = self.client._ask(name, self.digest, self.size, self._progress)
         self.asked[name] = call
         call.addCallbacks(
             self._answered, self._failed, callbackArgs=(name,), errbackArgs=(name,)
         )
 
+    def _progress(self) -> None:
+        """A holder is still sending: give it `hedge_after` more seconds."""
+        hedge = self.hedge
+        if hedge is not None and hedge.active():
+            hedge.reset(self.client.settings.hedge_after)
+
     def _hedge_fired(self) -> None:
         self.hedge = None
         self.client.log.info(
-            "chunk {digest} slow from {relays}; asking another",
+            "chunk {digest}: no progress from {relays}; asking another",
             digest=self.digest,
             relays=sorted(self.asked),
         )
@@ -225,5 +251,5 @@ class _Race:
     def _cancel_hedge(self) -> None:
         hedge = self.hedge
         self.hedge = None
-        if hedge is not None and hedge.active():  # type: ignore[attr-defined]
-            hedge.cancel()  # type: ignore[attr-defined]
+        if hedge is not None and hedge.active():
+            hedge.cancel()
