@@ -27,7 +27,6 @@ from treescale.bus.node import BusNode
 from treescale.config import NodeConfig, Topology
 from treescale.registry.app import Registry
 from treescale.registry.app import make_site as registry_site
-from treescale.registry.channel import RegistryChannel
 from treescale.store.cluster import ClusterStorage
 from treescale.store.relay import Relay
 
@@ -75,7 +74,6 @@ def make_site(bus: BusNode, topology: Topology, node: NodeConfig, reactor: Any) 
     storage = ClusterStorage(bus, topology, reactor)
     registry = Registry(storage, clock=reactor)
     site = registry_site(registry)
-    site.protocol = RegistryChannel  # type: ignore[assignment]
     site.resource = _WithStatus(site.resource, bus, storage)
     return site
 

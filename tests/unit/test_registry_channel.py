@@ -55,3 +55,27 @@ def test_handshake_byte_later_in_a_connection_is_ordinary_data() -> None:
     channel.dataReceived(b"ET / HTTP/1.1\r\nHost: \x16\r\n\r\n")
 
     assert transport.value().startswith(b"HTTP/1.1 200 OK\r\n")
+
+
+def test_absurd_content_length_is_refused_with_400() -> None:
+    """A Content-Length of thousands of digits gets a 400, not a dropped line."""
+    channel, transport = connected_channel()
+
+    channel.dataReceived(
+        b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n"
+    )
+
+    assert transport.value().startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert b"Content-Length" in transport.value()
+    assert transport.disconnecting
+
+
+def test_ordinary_content_length_is_accepted() -> None:
+    """A Content-Length of a sane size passes through to twisted.web."""
+    channel, transport = connected_channel()
+
+    channel.dataReceived(
+        b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 000000000000000003\r\n\r\nabc"
+    )
+
+    assert transport.value().startswith(b"HTTP/1.1 200 OK\r\n")

@@ -1,4 +1,4 @@
-"""The HTTP connection of the registry: twisted.web's channel, refusing TLS at once.
+"""The HTTP connection of the registry: twisted.web's channel, with two refusals.
 
 Clients told a registry may be insecure (skopeo and podman with
 ``--tls-verify=false``, docker with an insecure-registries entry) first try HTTPS and
@@ -8,6 +8,10 @@ those clients hangs for its full handshake timeout (ten seconds for skopeo) befo
 every operation. A ClientHello always starts with the TLS handshake record type; on
 seeing it as a connection's first byte, the channel answers 400 and closes, and the
 client falls back at once.
+
+A Content-Length of thousands of digits makes twisted.web's header parser raise
+(Python refuses to convert such a number) and drop the connection with a traceback in
+the log; the channel answers those with a 400 before the parser sees them.
 """
 
 from twisted.logger import Logger
@@ -15,17 +19,27 @@ from twisted.web.http import HTTPChannel
 
 TLS_HANDSHAKE_RECORD = 0x16
 
-_REFUSAL_BODY = b"This port speaks plain HTTP, not TLS.\n"
-TLS_REFUSAL = (
-    b"HTTP/1.1 400 Bad Request\r\n"
-    b"Content-Type: text/plain\r\n"
-    b"Content-Length: " + str(len(_REFUSAL_BODY)).encode() + b"\r\n"
-    b"Connection: close\r\n\r\n" + _REFUSAL_BODY
-)
+# No body is 10**18 bytes long; a longer number is a client's mistake or an attack.
+MAX_CONTENT_LENGTH_DIGITS = 18
+
+
+def bad_request(reason: bytes) -> bytes:
+    """A whole 400 response with a one-line plain-text reason."""
+    body = reason + b"\n"
+    return (
+        b"HTTP/1.1 400 Bad Request\r\n"
+        b"Content-Type: text/plain\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n"
+        b"Connection: close\r\n\r\n" + body
+    )
+
+
+TLS_REFUSAL = bad_request(b"This port speaks plain HTTP, not TLS.")
+LENGTH_REFUSAL = bad_request(b"Content-Length is not a plausible number.")
 
 
 class RegistryChannel(HTTPChannel):
-    """An HTTP/1.1 channel that hangs up on a TLS handshake instead of waiting."""
+    """An HTTP/1.1 channel that refuses TLS handshakes and absurd lengths at once."""
 
     log = Logger()
     _first_bytes_seen = False
@@ -36,7 +50,22 @@ class RegistryChannel(HTTPChannel):
             if data[0] == TLS_HANDSHAKE_RECORD:
                 self.log.debug("refused a TLS handshake on the plain HTTP port")
                 assert self.transport is not None
-                self.transport.write(TLS_REFUSAL)
-                self.transport.loseConnection()
+                self._refuse(TLS_REFUSAL)
                 return
         super().dataReceived(data)  # type: ignore[no-untyped-call]
+
+    def headerReceived(self, line: bytes) -> bool:
+        name, colon, value = line.partition(b":")
+        too_long = len(value.strip(b" \t")) > MAX_CONTENT_LENGTH_DIGITS
+        if colon and name.strip().lower() == b"content-length" and too_long:
+            self.log.info(
+                "refused a request with a {n}-byte Content-Length", n=len(value)
+            )
+            self._refuse(LENGTH_REFUSAL)
+            return False
+        return bool(super().headerReceived(line))  # type: ignore[no-untyped-call]
+
+    def _refuse(self, response: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(response)
+        self.transport.loseConnection()

@@ -143,10 +143,14 @@ def error_body(error: ApiError) -> bytes:
     return json.dumps({"errors": [entry]}, sort_keys=True).encode("utf-8")
 
 
+# Reason phrases twisted.web does not know; it would send "Unknown Status".
+_REASONS = {429: b"Too Many Requests"}
+
+
 def render_error(request: Request, error: ApiError) -> bytes:
     """Set the status and headers of an error response; return its body."""
     body = error_body(error)
-    request.setResponseCode(error.status)
+    request.setResponseCode(error.status, _REASONS.get(error.status))
     headers = request.responseHeaders
     for name, value in error.headers.items():
         headers.setRawHeaders(name, [value])

@@ -40,6 +40,8 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 
+from treescale.registry.channel import RegistryChannel
+
 DEFAULT_BODY_LIMIT = 4 * 1024 * 1024
 """The largest non-upload body kept when the site names no router."""
 
@@ -268,6 +270,7 @@ class StreamingSite(Site):
     """A site whose requests stream upload bodies to the sinks `body_router` names."""
 
     requestFactory = StreamingRequest
+    protocol = RegistryChannel  # type: ignore[assignment]
 
     def __init__(self, resource: IResource, body_router: BodyRouter) -> None:
         super().__init__(resource, parsePOSTFormSubmission=False)  # type: ignore[no-untyped-call]
