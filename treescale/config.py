@@ -22,12 +22,14 @@ DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
 DEFAULT_REPLICAS = 2
 DEFAULT_RECORD_REPLICAS = 3
 DEFAULT_WINDOW = 8
+DEFAULT_BUFFER_CHUNKS = 64
 
 # Bounds that keep a typo from taking a node down: a chunk must fit comfortably in
 # memory and travel as a handful of bus pieces.
 MIN_CHUNK_SIZE = 64 * 1024
 MAX_CHUNK_SIZE = 64 * 1024 * 1024
 MAX_WINDOW = 256
+MAX_BUFFER_CHUNKS = 65536
 
 
 class ConfigError(Exception):
@@ -85,6 +87,7 @@ class Topology:
     replicas: int
     record_replicas: int
     window: int
+    buffer_chunks: int
     nodes: tuple[NodeConfig, ...]
 
     def node(self, name: str) -> NodeConfig:
@@ -171,9 +174,24 @@ def parse(
             1,
             MAX_WINDOW,
         ),
+        buffer_chunks=_bounded_int(
+            cluster.get("buffer_chunks", DEFAULT_BUFFER_CHUNKS),
+            source,
+            "cluster.buffer_chunks",
+            1,
+            MAX_BUFFER_CHUNKS,
+        ),
         nodes=nodes,
     )
     _check_stores(topology)
+    if topology.buffer_chunks < topology.window:
+        raise ConfigError(
+            source,
+            None,
+            "cluster.buffer_chunks",
+            f"{topology.buffer_chunks} is less than the window ({topology.window}): "
+            "one read could never fill its window",
+        )
     return topology
 
 

@@ -19,6 +19,7 @@ from treescale.store.blobs import (
     recipe_key,
     sha256_digest,
 )
+from treescale.store.budget import ChunkBudget
 from treescale.store.chunkclient import ChunkClient
 from treescale.store.errors import DigestMismatch, StorageUnavailable, UploadFailed
 from treescale.store.records import RecordClient
@@ -490,3 +491,85 @@ def test_failed_fetch_fails_the_read() -> None:
     assert isinstance(failure(d).value, StorageUnavailable)
     assert sorted(chunks.cancelled) == sorted(g[0] for g in chunks.gets[1:])
     assert response.written == []
+
+
+# The node-wide chunk budget shared by reads and uploads.
+
+
+def test_reads_sharing_a_budget_hold_no_more_than_it() -> None:
+    """Two reads of a shared 3-chunk budget never have more than 3 fetches out,
+    and a paused reader's fetched chunks keep the other waiting until it writes."""
+    data, recipe, pieces = stored_blob(4)
+    budget = ChunkBudget(3)
+    first_chunks, first = FakeChunks(), Response()
+    second_chunks, second = FakeChunks(), Response()
+    d1 = ensureDeferred(
+        read_blob(
+            cast(ChunkClient, first_chunks), recipe, 0, len(data), first, 4, budget
+        )
+    )
+    first.producer.pauseProducing()
+    d2 = ensureDeferred(
+        read_blob(
+            cast(ChunkClient, second_chunks), recipe, 0, len(data), second, 4, budget
+        )
+    )
+    assert len(first_chunks.gets) == 3
+    assert second_chunks.gets == []
+
+    for index in range(3):
+        answer(first_chunks, index, pieces)
+    assert second_chunks.gets == []
+    first.producer.resumeProducing()
+    while not (d1.called and d2.called):
+        for chunks in (first_chunks, second_chunks):
+            for index, (_, _, fetch) in enumerate(chunks.gets):
+                if not fetch.called:
+                    answer(chunks, index, pieces)
+
+    success(d1)
+    success(d2)
+    assert b"".join(first.written) == data
+    assert b"".join(second.written) == data
+    assert budget.free == 3
+
+
+def test_cancelled_read_gives_its_room_back() -> None:
+    """A read cancelled with fetches out returns all of its room to the budget."""
+    data, recipe, pieces = stored_blob(4)
+    budget = ChunkBudget(4)
+    chunks, response = FakeChunks(), Response()
+    d = ensureDeferred(
+        read_blob(cast(ChunkClient, chunks), recipe, 0, len(data), response, 4, budget)
+    )
+    answer(chunks, 1, pieces)
+    assert budget.free == 0
+
+    d.cancel()
+    d.addErrback(lambda _: None)
+
+    assert budget.free == 4
+
+
+def test_upload_waiting_for_room_pauses_its_body() -> None:
+    """An upload whose chunk finds the budget spent pauses its body until room
+    frees, and holds no more than that one chunk meanwhile."""
+    budget = ChunkBudget(1)
+    chunks, records = FakeChunks(), FakeRecords()
+    up = ChunkedUpload(
+        cast(ChunkClient, chunks), cast(RecordClient, records), CHUNK, 8, budget
+    )
+    body = Body()
+    up.register_producer(body)
+
+    up.write(b"a" * CHUNK)
+    assert not body.paused
+    up.write(b"b" * CHUNK)
+    assert body.paused
+    assert len(chunks.puts) == 1
+
+    chunks.puts[0][2].callback(None)
+    assert len(chunks.puts) == 2
+    assert not body.paused
+    chunks.puts[1][2].callback(None)
+    assert budget.free == 1

@@ -281,6 +281,20 @@ MISTAKES: list[tuple[str, Callable[[Document], None], str | None, str, str]] = [
         "not in",
     ),
     ("replicas zero", set_cluster(replicas=0), None, "cluster.replicas", "not in"),
+    (
+        "buffer zero",
+        set_cluster(buffer_chunks=0),
+        None,
+        "cluster.buffer_chunks",
+        "not in",
+    ),
+    (
+        "buffer under the window",
+        set_cluster(window=16, buffer_chunks=8),
+        None,
+        "cluster.buffer_chunks",
+        "less than the window",
+    ),
     ("empty cluster name", set_cluster(name=""), None, "cluster.name", "string"),
     ("no nodes", lambda d: d.pop("node"), None, "node", "at least one"),
 ]

@@ -21,6 +21,7 @@ from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from treescale.store.budget import ChunkBudget
 from treescale.store.chunkclient import ChunkClient
 from treescale.store.errors import DigestMismatch, StorageError, UploadFailed
 from treescale.store.records import RecordClient
@@ -91,9 +92,16 @@ class ChunkedUpload:
     log = Logger()
 
     def __init__(
-        self, chunks: ChunkClient, records: RecordClient, chunk_size: int, window: int
+        self,
+        chunks: ChunkClient,
+        records: RecordClient,
+        chunk_size: int,
+        window: int,
+        budget: ChunkBudget | None = None,
     ) -> None:
         self._chunks = chunks
+        self._budget = budget or ChunkBudget(window)
+        self._waiting_for_room = 0
         self._records = records
         self._chunk_size = chunk_size
         self._window = window
@@ -164,7 +172,7 @@ class ChunkedUpload:
         ref = ChunkRef(sha256_digest(data), len(data))
         self._cut.append(ref)
         index = len(self._cut)
-        put = ensureDeferred(self._chunks.put(ref.digest, data))
+        put = ensureDeferred(self._put_within_budget(ref, data))
         self._in_flight[index] = put
         put.addCallbacks(
             self._put_done,
@@ -173,6 +181,21 @@ class ChunkedUpload:
             errbackArgs=(index, ref),
         )
         self._hold_or_release()
+
+    async def _put_within_budget(self, ref: ChunkRef, data: bytes) -> None:
+        taken = self._budget.take()
+        if not taken.called:
+            self._waiting_for_room += 1
+            self._hold_or_release()
+            try:
+                await taken
+            finally:
+                self._waiting_for_room -= 1
+                self._hold_or_release()
+        try:
+            await self._chunks.put(ref.digest, data)
+        finally:
+            self._budget.give_back()
 
     def _put_done(self, _: object, index: int) -> None:
         self._settle(index)
@@ -199,10 +222,11 @@ class ChunkedUpload:
                 waiter.callback(None)
 
     def _hold_or_release(self) -> None:
-        """Pause the body's producer while the window is full, resume when not."""
+        """Pause the body's producer while the window is full or a chunk waits for
+        room in the node's budget; resume when neither holds."""
         if self._producer is None:
             return
-        full = len(self._in_flight) >= self._window
+        full = len(self._in_flight) >= self._window or self._waiting_for_room > 0
         if full and not self._paused:
             self._paused = True
             self._producer.pauseProducing()
@@ -261,15 +285,20 @@ async def read_blob(
     end: int,
     consumer: IConsumer,
     window: int,
+    budget: ChunkBudget | None = None,
 ) -> None:
-    """Write bytes ``[start, end)`` of a blob to `consumer`, `window` chunks ahead."""
+    """Write bytes ``[start, end)`` of a blob to `consumer`, `window` chunks ahead.
+
+    Each fetched chunk holds room in `budget` until it is written out.
+    """
     spans: Sequence[tuple[ChunkRef, int, int]] = recipe.spans(start, end)
-    fetches: deque[Deferred[bytes]] = deque()
+    room = budget or ChunkBudget(window)
+    fetches: deque[_Fetch] = deque()
 
     def stop_fetches() -> None:
         # A consumer gone while we wait on a slow fetch must not wait for it.
         for fetch in list(fetches):
-            fetch.cancel()
+            fetch.result.cancel()
 
     gate = _ConsumerGate(stop_fetches)
     consumer.registerProducer(gate, True)
@@ -280,19 +309,43 @@ async def read_blob(
             span = next(upcoming, None)
             if span is None:
                 return
-            chunk = span[0]
-            fetches.append(ensureDeferred(chunks.get(chunk.digest, chunk.size)))
+            fetches.append(_Fetch(chunks, span[0], room))
 
     try:
         fetch_more()
         for _chunk, low, high in spans:
-            data = await fetches[0]
-            fetches.popleft()
-            fetch_more()
-            await gate.wait()
-            consumer.write(data[low:high])
+            head = fetches[0]
+            try:
+                data = await head.result
+                fetches.popleft()
+                fetch_more()
+                await gate.wait()
+                consumer.write(data[low:high])
+            finally:
+                head.give_back()
     finally:
         for fetch in fetches:
-            fetch.cancel()
-            fetch.addErrback(lambda _: None)
+            fetch.result.cancel()
+            fetch.result.addErrback(lambda _: None)
+            fetch.give_back()
         consumer.unregisterProducer()
+
+
+class _Fetch:
+    """One chunk being fetched for a read, holding room in the budget once taken."""
+
+    def __init__(self, chunks: ChunkClient, chunk: ChunkRef, budget: ChunkBudget):
+        self._budget = budget
+        self._holds_room = False
+        self.result: Deferred[bytes] = ensureDeferred(self._run(chunks, chunk))
+
+    async def _run(self, chunks: ChunkClient, chunk: ChunkRef) -> bytes:
+        await self._budget.take()
+        self._holds_room = True
+        return await chunks.get(chunk.digest, chunk.size)
+
+    def give_back(self) -> None:
+        """Return the fetch's room, once; a fetch that never got room returns none."""
+        if self._holds_room:
+            self._holds_room = False
+            self._budget.give_back()

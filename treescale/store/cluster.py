@@ -12,6 +12,7 @@ from treescale.store.blobs import (
     recipe_key,
     sha256_digest,
 )
+from treescale.store.budget import ChunkBudget
 from treescale.store.chunkclient import ChunkClient, ChunkSettings
 from treescale.store.errors import BlobUnknown, StorageUnavailable
 from treescale.store.placement import Holder
@@ -30,6 +31,7 @@ class ClusterStorage:
         self.bus = bus
         self.chunk_size = topology.chunk_size
         self.window = topology.window
+        self.budget = ChunkBudget(topology.buffer_chunks)
         self.chunks = ChunkClient(
             bus, holders, clock, ChunkSettings(replicas=topology.replicas)
         )
@@ -60,7 +62,9 @@ class ClusterStorage:
         return None if recipe is None else recipe.size
 
     def blob_upload(self) -> ChunkedUpload:
-        return ChunkedUpload(self.chunks, self.records, self.chunk_size, self.window)
+        return ChunkedUpload(
+            self.chunks, self.records, self.chunk_size, self.window, self.budget
+        )
 
     async def blob_read(
         self, digest: str, start: int, end: int, consumer: IConsumer
@@ -68,7 +72,9 @@ class ClusterStorage:
         recipe = await self.recipe(digest)
         if recipe is None:
             raise BlobUnknown(digest)
-        await read_blob(self.chunks, recipe, start, end, consumer, self.window)
+        await read_blob(
+            self.chunks, recipe, start, end, consumer, self.window, self.budget
+        )
 
     async def blob_put(self, data: bytes) -> str:
         digest = sha256_digest(data)
