@@ -19,6 +19,7 @@ from typing import Any
 
 from twisted.application import strports
 from twisted.application.service import IService, MultiService
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
@@ -44,7 +45,7 @@ def make_process_service(
     nodes = [topology.node(name) for name in names] or list(topology.local_nodes())
     if not nodes:
         raise ValueError(f"{topology.source}: no node of this file has a local address")
-    top = MultiService()
+    top = _Process()  # type: ignore[no-untyped-call]
     for node in nodes:
         make_node_service(topology, node, reactor).setServiceParent(top)
     return top
@@ -76,6 +77,17 @@ def make_site(bus: BusNode, topology: Topology, node: NodeConfig, reactor: Any) 
     site = registry_site(registry)
     site.resource = _WithStatus(site.resource, bus, storage)
     return site
+
+
+class _Process(MultiService):
+    """Every node of this process; a port that is taken stops start-up with one line."""
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()  # type: ignore[no-untyped-call]
+        except CannotListenError as e:
+            where = f"{e.interface or '*'}:{e.port}"
+            fail_start(f"cannot listen on {where}: {e.socketError}")
 
 
 class _WithStatus(Resource):

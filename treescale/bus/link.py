@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -216,7 +216,7 @@ class Link(Protocol):
             self.transport.resumeProducing()  # type: ignore[attr-defined]
 
 
-class LinkFactory(Factory):
+class LinkFactory(ServerFactory):
     """Builds links for one node: accepted children, or the dialled parent."""
 
     def __init__(self, node: "BusNode", expected_peer: str | None) -> None:

@@ -27,10 +27,9 @@ from typing import Any
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.interfaces import (
     IListeningPort,
-    IReactorCore,
     IReactorTCP,
     IReactorTime,
 )
@@ -181,31 +180,18 @@ class BusNode(MultiService):
 
     # Service life.
 
-    def startService(self) -> None:
-        endpoint = TCP4ServerEndpoint(
-            self.reactor, self.me.bus.port, interface=self.me.bus.host
+    def privilegedStartService(self) -> None:
+        """Listen for children before the reactor runs: a busy port stops start-up
+        with `CannotListenError` instead of leaving a node nobody can reach."""
+        self._port = self.reactor.listenTCP(
+            self.me.bus.port, LinkFactory(self, None), interface=self.me.bus.host
         )
-        listening = endpoint.listen(LinkFactory(self, None))
-        listening.addCallback(self._listening)
-        listening.addErrback(self._listen_failed)
-        super().startService()  # type: ignore[no-untyped-call]
-
-    def _listening(self, port: IListeningPort) -> None:
-        self._port = port
         self.log.info(
             "bus of {node} listening on {address}",
             node=self.me.name,
             address=self.me.bus,
         )
-
-    def _listen_failed(self, failure: Failure) -> None:
-        self.log.failure(
-            "bus of {node} cannot listen on {address}",
-            failure,
-            node=self.me.name,
-            address=self.me.bus,
-        )
-        IReactorCore(self.reactor).stop()
+        super().privilegedStartService()  # type: ignore[no-untyped-call]
 
     async def _stop(self) -> None:
         await super().stopService()  # type: ignore[no-untyped-call]
