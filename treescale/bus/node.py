@@ -50,15 +50,6 @@ class BusError(Exception):
     """A request that did not get its answer."""
 
 
-class RemoteError(BusError):
-    """The far node answered with an error."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-
-
 class LinkLost(BusError):
     """The link the request left on went away before the answer came."""
 
@@ -78,6 +69,12 @@ class HandlerError(Exception):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+
+
+class RemoteError(BusError, HandlerError):
+    """The far node answered with an error: a handler's error, as its requester sees
+    it. A handler that lets one through answers its own requester with the same code.
+    """
 
 
 @dataclass(frozen=True)
