@@ -1,4 +1,6 @@
-"""Packaging for treescale: a container registry whose blobs live on a tree of relays."""
+"""Packaging for treescale: a container registry storing blobs on a tree of relays."""
+
+from pathlib import Path
 
 from setuptools import find_packages, setup
 
@@ -6,10 +8,10 @@ setup(
     name="treescale",
     version="0.1.0",
     description="An OCI distribution registry storing chunks on a tree of relays",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=find_packages(include=["treescale", "treescale.*"]) + ["twisted.plugins"],
+    packages=[*find_packages(include=["treescale", "treescale.*"]), "twisted.plugins"],
     package_data={"treescale": ["py.typed"]},
     include_package_data=True,
     install_requires=[

@@ -8,6 +8,7 @@ the node and the field, so an operator can fix the line at once.
 """
 
 import contextlib
+import difflib
 import ipaddress
 import socket
 import tomllib
@@ -16,7 +17,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.testing import MemoryReactor
+
 ROLES = frozenset({"registry", "store"})
+TOP_FIELDS = frozenset({"cluster", "node"})
+CLUSTER_FIELDS = frozenset(
+    {
+        "name",
+        "data_dir",
+        "chunk_size",
+        "replicas",
+        "record_replicas",
+        "window",
+        "buffer_chunks",
+    }
+)
+NODE_FIELDS = frozenset(
+    {"name", "id", "bus", "parent", "roles", "http", "weight", "domain"}
+)
 
 DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
 DEFAULT_REPLICAS = 2
@@ -35,9 +54,13 @@ MAX_BUFFER_CHUNKS = 65536
 class ConfigError(Exception):
     """A topology file that cannot be used, with where and why in the message."""
 
-    def __init__(self, source: Path | str, node: str | None, field: str, why: str):
+    def __init__(
+        self, source: Path | str, node: str | None, field: str | None, why: str
+    ):
         where = f"{source}: node {node!r}" if node else f"{source}"
-        super().__init__(f"{where}: field {field!r}: {why}")
+        if field is not None:
+            where += f": field {field!r}"
+        super().__init__(f"{where}: {why}")
         self.source = source
         self.node = node
         self.field = field
@@ -117,10 +140,10 @@ def load(path: Path | str, data_dir: Path | str | None = None) -> Topology:
         raw = tomllib.loads(source.read_text(encoding="utf-8"))
     except OSError as e:
         raise ConfigError(
-            source, None, "-", f"cannot read the file: {e.strerror}"
+            source, None, None, f"cannot read the file: {e.strerror}"
         ) from e
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(source, None, "-", f"not valid TOML: {e}") from e
+        raise ConfigError(source, None, None, f"not valid TOML: {e}") from e
     return parse(raw, source, data_dir)
 
 
@@ -128,7 +151,9 @@ def parse(
     raw: Mapping[str, Any], source: Path, data_dir: Path | str | None = None
 ) -> Topology:
     """Validate a decoded topology document."""
+    _check_known(raw, TOP_FIELDS, source, None, "")
     cluster = _table(raw.get("cluster", {}), source, None, "cluster")
+    _check_known(cluster, CLUSTER_FIELDS, source, None, "cluster.")
     node_tables = raw.get("node")
     if not isinstance(node_tables, list) or not node_tables:
         raise ConfigError(
@@ -184,6 +209,18 @@ def parse(
         nodes=nodes,
     )
     _check_stores(topology)
+    # A default asks for as many copies as there are stores, up to its value; a
+    # number the operator wrote must be possible as written.
+    for field in ("replicas", "record_replicas"):
+        wanted = getattr(topology, field)
+        if field in cluster and wanted > len(topology.stores):
+            raise ConfigError(
+                source,
+                None,
+                f"cluster.{field}",
+                f"{wanted} copies asked for, but the tree has only "
+                f"{len(topology.stores)} store nodes",
+            )
     if topology.buffer_chunks < topology.window:
         raise ConfigError(
             source,
@@ -198,6 +235,7 @@ def parse(
 def _parse_node(table: object, source: Path, index: int) -> NodeConfig:
     node = _table(table, source, f"#{index + 1}", "node")
     name = _string(node.get("name"), source, f"#{index + 1}", "name")
+    _check_known(node, NODE_FIELDS, source, name, "")
     if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
         raise ConfigError(source, name, "name", "use letters, digits, '-', '_' or '.'")
 
@@ -224,7 +262,7 @@ def _parse_node(table: object, source: Path, index: int) -> NodeConfig:
             "endpoint, e.g. 'tcp:5000:interface=127.0.0.1'",
         )
     if http is not None:
-        http = _string(http, source, name, "http")
+        http = _check_endpoint(_string(http, source, name, "http"), source, name)
 
     parent = node.get("parent")
     weight = node.get("weight", 1.0)
@@ -241,6 +279,40 @@ def _parse_node(table: object, source: Path, index: int) -> NodeConfig:
         weight=float(weight),
         domain=_string(node.get("domain", name), source, name, "domain"),
     )
+
+
+def _check_endpoint(description: str, source: Path, node: str) -> str:
+    """A Twisted server endpoint string that parses, with a port in range."""
+    try:
+        endpoint = serverFromString(
+            MemoryReactor(),  # type: ignore[no-untyped-call]
+            description,
+        )
+    except (ValueError, TypeError, KeyError) as e:
+        raise ConfigError(
+            source, node, "http", f"{description!r} is not a Twisted endpoint: {e}"
+        ) from e
+    port = getattr(endpoint, "_port", None)
+    if isinstance(port, int) and not 0 <= port < 65536:
+        raise ConfigError(source, node, "http", f"port {port} is out of range")
+    return description
+
+
+def _check_known(
+    table: Mapping[str, Any],
+    known: frozenset[str],
+    source: Path,
+    node: str | None,
+    prefix: str,
+) -> None:
+    """Refuse fields this program does not know: a typo must not pass unseen."""
+    for field in sorted(set(table) - known):
+        close = difflib.get_close_matches(field, known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        allowed = ", ".join(sorted(known))
+        raise ConfigError(
+            source, node, prefix + field, f"unknown field{hint} (known: {allowed})"
+        )
 
 
 def _parse_address(value: object, source: Path, node: str) -> Address:

@@ -115,6 +115,8 @@ class _WithStatus(Resource):
 
 
 def fail_start(message: str) -> None:
-    """Stop start-up with one clear line."""
-    sys.stderr.write(f"treescale-node: {message}\n")
+    """Stop start-up with one clear line, on the terminal even where twistd has
+    already sent standard error to its log."""
+    terminal = sys.__stderr__ or sys.stderr
+    terminal.write(f"treescale-node: {message}\n")
     raise SystemExit(2)

@@ -18,6 +18,7 @@ from treescale.config import (
     Topology,
     is_local_host,
     load,
+    parse,
 )
 
 LOCAL_TOML = Path(__file__).resolve().parents[2] / "conf" / "local.toml"
@@ -207,6 +208,41 @@ def test_bad_toml_is_a_config_error(tmp_path: Path) -> None:
 # Each case: a mistake, the node the error must name (None: a file-wide error), the
 # field it must name, and a word of the reason.
 MISTAKES: list[tuple[str, Callable[[Document], None], str | None, str, str]] = [
+    (
+        "unknown cluster field",
+        set_cluster(replica=2),
+        None,
+        "cluster.replica",
+        "did you mean 'replicas'",
+    ),
+    (
+        "unknown node field",
+        set_node(1, weigth=2.0),
+        "r1",
+        "weigth",
+        "did you mean 'weight'",
+    ),
+    (
+        "http endpoint typo",
+        set_node(0, http="tcp:5000:interfac=127.0.0.1"),
+        "edge",
+        "http",
+        "not a Twisted endpoint",
+    ),
+    (
+        "http port out of range",
+        set_node(0, http="tcp:99999"),
+        "edge",
+        "http",
+        "out of range",
+    ),
+    (
+        "more replicas than stores",
+        set_cluster(replicas=5),
+        None,
+        "cluster.replicas",
+        "only",
+    ),
     ("two roots", drop_node_field(2, "parent"), "r2", "parent", "exactly one"),
     (
         "no root",
@@ -408,3 +444,15 @@ def test_other_hosts_are_not_local(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not is_local_host("far.example")
     assert not is_local_host("192.0.2.7")
     assert not is_local_host("unknown.example")
+
+
+def test_unknown_top_level_table_is_named() -> None:
+    """A misspelt top-level table is refused with a suggestion, not ignored."""
+    document = copy.deepcopy(BASE)
+    document["clutser"] = {}
+
+    with pytest.raises(ConfigError) as caught:
+        parse(document, Path("t.toml"))
+
+    assert "field 'clutser'" in str(caught.value)
+    assert "did you mean 'cluster'" in str(caught.value)
