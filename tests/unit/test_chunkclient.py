@@ -184,6 +184,24 @@ def test_put_with_too_few_relays_fails() -> None:
     assert sorted(bus.asked()) == RELAYS
 
 
+def test_put_lagging_behind_a_success_goes_to_the_next_relay() -> None:
+    """A home that stays silent `put_laggard_after` seconds after the other home
+    stored the chunk is given up for the next relay of the rank."""
+    order = candidates()
+    bus, clock = FakeBus(), Clock()
+    d = put(client(bus, clock))
+
+    bus.calls[1].reply()
+    clock.advance(ChunkSettings().put_laggard_after - 0.1)
+    assert bus.asked() == order[:2]
+    clock.advance(0.2)
+    assert bus.asked() == order
+    bus.calls[2].reply()
+
+    success(d)
+    assert bus.calls[0].cancelled
+
+
 def test_put_with_nothing_reachable_fails_at_once() -> None:
     """A put when no relay is reachable fails without sending anything."""
     bus = FakeBus([])

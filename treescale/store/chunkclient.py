@@ -37,6 +37,9 @@ class ChunkSettings:
 
     replicas: int = 2
     put_timeout: float = 60.0
+    put_laggard_after: float = 5.0
+    """Seconds a put may trail one that already succeeded before the next relay of
+    the rank is asked too: a frozen relay must not stall a push for `put_timeout`."""
     get_timeout: float = 30.0
     hedge_after: float = 2.0
 
@@ -69,26 +72,10 @@ class ChunkClient:
 
     async def put(self, digest: str, data: bytes) -> None:
         """Store a chunk on `replicas` relays; `UploadFailed` if too few take it."""
-        candidates = self.candidates(digest)
-        untried = [name for name in candidates if self.bus.reachable(name)]
-        stored: list[str] = []
-        while len(stored) < self.replicas and untried:
-            wanted = self.replicas - len(stored)
-            batch, untried = untried[:wanted], untried[wanted:]
-            calls = [self._put_one(name, digest, data) for name in batch]
-            try:
-                for name, call in zip(batch, calls, strict=True):
-                    if await call:
-                        stored.append(name)
-            except CancelledError:
-                for call in calls:
-                    call.cancel()
-                    call.addErrback(lambda _: None)
-                raise
-        if len(stored) < self.replicas:
-            raise UploadFailed(
-                f"chunk {digest} is on {len(stored)} relays, {self.replicas} needed"
-            )
+        candidates = [
+            name for name in self.candidates(digest) if self.bus.reachable(name)
+        ]
+        await _PutRace(self, digest, data, candidates).run()
 
     def _put_one(self, name: str, digest: str, data: bytes) -> "Deferred[bool]":
         meta = {"digest": digest, "size": len(data)}
@@ -253,3 +240,83 @@ class _Race:
         self.hedge = None
         if hedge is not None and hedge.active():
             hedge.cancel()
+
+
+class _PutRace:
+    """One chunk put: `replicas` relays at once, the next of the rank for each that
+    fails, and for one that lags `put_laggard_after` behind a success."""
+
+    def __init__(
+        self, client: ChunkClient, digest: str, data: bytes, order: list[str]
+    ) -> None:
+        self.client = client
+        self.digest = digest
+        self.data = data
+        self.untried = list(order)
+        self.pending: dict[str, Deferred[bool]] = {}
+        self.stored: list[str] = []
+        self.done: Deferred[None] = Deferred(lambda _: self._stop())
+        self.laggard_timer: IDelayedCall | None = None
+
+    async def run(self) -> None:
+        for _ in range(self.client.replicas):
+            self._ask_next()
+        self._check()
+        await self.done
+
+    def _ask_next(self) -> None:
+        if not self.untried:
+            return
+        name = self.untried.pop(0)
+        call = self.client._put_one(name, self.digest, self.data)
+        self.pending[name] = call
+        call.addCallback(self._settled, name)
+        call.addErrback(lambda _: None)
+
+    def _settled(self, stored: bool, name: str) -> None:
+        self.pending.pop(name, None)
+        if self.done.called:
+            return
+        if stored:
+            self.stored.append(name)
+            if self.laggard_timer is None and self.pending:
+                self.laggard_timer = self.client.clock.callLater(
+                    self.client.settings.put_laggard_after, self._laggards
+                )
+        else:
+            self._ask_next()
+        self._check()
+
+    def _laggards(self) -> None:
+        self.laggard_timer = None
+        self.client.log.warn(
+            "chunk {digest}: put to {relays} lags; putting it on another relay",
+            digest=self.digest,
+            relays=sorted(self.pending),
+        )
+        for _ in list(self.pending):
+            self._ask_next()
+        self._check()
+
+    def _check(self) -> None:
+        if self.done.called:
+            return
+        if len(self.stored) >= self.client.replicas:
+            self._stop()
+            self.done.callback(None)
+        elif not self.pending:
+            self._stop()
+            self.done.errback(
+                UploadFailed(
+                    f"chunk {self.digest} is on {len(self.stored)} relays, "
+                    f"{self.client.replicas} needed"
+                )
+            )
+
+    def _stop(self) -> None:
+        if self.laggard_timer is not None and self.laggard_timer.active():
+            self.laggard_timer.cancel()
+        self.laggard_timer = None
+        for call in list(self.pending.values()):
+            call.cancel()
+        self.pending.clear()

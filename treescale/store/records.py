@@ -25,8 +25,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from treescale.bus.frames import Kind
 from treescale.bus.node import BusError, BusNode, HandlerError, Message
@@ -157,35 +158,48 @@ class RecordClient:
         return [holder.name for holder in place(key, self.holders, self.replicas)]
 
     async def get(self, key: str) -> bytes | None:
-        """The newest value a quorum of replicas knows; repairs stale replicas."""
+        """The newest value a quorum of replicas knows; repairs stale replicas.
+
+        It answers as soon as a quorum has: a replica that is slow or frozen costs
+        no time. A replica answering later with an older copy is repaired then.
+        """
         names = self._replicas(key)
-        answers = await self._ask_all(
-            names, Kind.RECORD_GET, {"key": key}, b"", MAX_RECORD_SIZE
+        newest: list[Stored] = []
+        early_late: dict[str, Stored | None] = {}
+
+        def late(name: str, reply: Message) -> None:
+            copy = _stored_from_reply(reply)
+            if not newest:
+                early_late[name] = copy
+            elif copy != newest[0]:
+                self._repair(key, newest[0], [name])
+
+        answers = await self._ask_quorum(
+            names, Kind.RECORD_GET, {"key": key}, b"", MAX_RECORD_SIZE, late
         )
-        copies: dict[str, Stored | None] = {}
-        for name, reply in answers.items():
-            copies[name] = _stored_from_reply(reply)
-        if len(copies) < self.quorum:
+        if len(answers) < self.quorum:
             raise StorageUnavailable(
-                f"record {key!r}: {len(copies)} of {len(names)} replicas answered, "
+                f"record {key!r}: {len(answers)} of {len(names)} replicas answered, "
                 f"{self.quorum} needed"
             )
 
+        copies = {name: _stored_from_reply(reply) for name, reply in answers.items()}
+        copies.update(early_late)
         known = [copy for copy in copies.values() if copy is not None]
         if not known:
             return None
-        newest = max(known, key=lambda copy: copy.version)
-        self.clock.observe(newest.version)
-        stale = [n for n, copy in copies.items() if copy is None or copy != newest]
+        newest.append(max(known, key=lambda copy: copy.version))
+        self.clock.observe(newest[0].version)
+        stale = [n for n, copy in copies.items() if copy != newest[0]]
         if stale:
-            self._repair(key, newest, stale)
-        return newest.value
+            self._repair(key, newest[0], stale)
+        return newest[0].value
 
     async def put(self, key: str, value: bytes | None) -> None:
         """Write a new version to every replica; return once a quorum holds it."""
         stored = Stored(self.clock.now(), value)
         names = self._replicas(key)
-        answers = await self._ask_all(
+        answers = await self._ask_quorum(
             names, Kind.RECORD_PUT, _put_meta(key, stored), value or b"", 1024
         )
         if len(answers) < self.quorum:
@@ -214,29 +228,56 @@ class RecordClient:
             name, kind, meta, data, max_reply=max_reply, timeout=self.timeout
         )
 
-    async def _ask_all(
+    def _ask_quorum(
         self,
         names: list[str],
         kind: Kind,
         meta: dict[str, object],
         data: bytes,
         max_reply: int,
-    ) -> dict[str, Message]:
-        """Ask every replica at once; the answers of those that answered."""
-        calls = [self._ask(name, kind, meta, data, max_reply) for name in names]
-        results = await DeferredList(calls, consumeErrors=True)
+        late: Callable[[str, Message], None] | None = None,
+    ) -> "Deferred[dict[str, Message]]":
+        """Ask every replica at once; fire with the answers once a quorum has
+        answered, or once every replica has answered or failed.
+
+        Answers after that go to `late`; the requests stay out until they end, so
+        every replica still gets a write.
+        """
         answers: dict[str, Message] = {}
-        for name, (ok, result) in zip(names, results, strict=True):
-            if ok:
-                answers[name] = result
+        settled: list[str] = []
+        done: Deferred[dict[str, Message]] = Deferred()
+
+        def settle(name: str) -> None:
+            settled.append(name)
+            enough = len(answers) >= self.quorum or len(settled) == len(names)
+            if enough and not done.called:
+                done.callback(dict(answers))
+
+        def answered(reply: Message, name: str) -> None:
+            if done.called:
+                if late is not None:
+                    late(name, reply)
             else:
-                self.log.warn(
-                    "record {kind} on {relay} failed: {why}",
-                    kind=kind.name,
-                    relay=name,
-                    why=_why(result),
-                )
-        return answers
+                answers[name] = reply
+            settle(name)
+
+        def failed(failure: Failure, name: str) -> None:
+            self.log.warn(
+                "record {kind} on {relay} failed: {why}",
+                kind=kind.name,
+                relay=name,
+                why=_why(failure),
+            )
+            settle(name)
+
+        for name in names:
+            call = self._ask(name, kind, meta, data, max_reply)
+            call.addCallbacks(
+                answered, failed, callbackArgs=(name,), errbackArgs=(name,)
+            )
+        if not names:
+            done.callback({})
+        return done
 
 
 def _why(failure: object) -> str:
