@@ -386,8 +386,37 @@ def test_answers_given_at_once_leave_no_timer_behind() -> None:
     clock.advance(10 * HEDGE)
 
     assert success(d) == DATA
-    assert bus.asked() == order[:2]
+    gets = [call.dest for call in bus.calls if call.kind == Kind.CHUNK_GET]
+    assert gets == order[:2]
     assert clock.getDelayedCalls() == []
+
+
+def test_home_that_lost_its_copy_is_sent_the_good_bytes() -> None:
+    """A home answering chunk_missing gets the verified chunk put back to it."""
+    order = candidates()
+    bus = FakeBus()
+    bus.auto = {order[0]: Call.refuse, order[1]: lambda call: call.reply(DATA)}
+
+    assert success(get(client(bus))) == DATA
+
+    puts = [call for call in bus.calls if call.kind == Kind.CHUNK_PUT]
+    assert [call.dest for call in puts] == [order[0]]
+    assert puts[0].data == DATA
+    assert puts[0].meta == {"digest": DIGEST, "size": len(DATA)}
+
+
+def test_home_that_timed_out_is_not_sent_a_copy() -> None:
+    """A home that merely failed to answer in time is not re-sent the chunk."""
+    order = candidates()
+    bus = FakeBus()
+    bus.auto = {
+        order[0]: lambda call: call.done.errback(RequestTimeout("CHUNK_GET")),
+        order[1]: lambda call: call.reply(DATA),
+    }
+
+    assert success(get(client(bus))) == DATA
+
+    assert [call for call in bus.calls if call.kind == Kind.CHUNK_PUT] == []
 
 
 # Over real bus nodes and relays.

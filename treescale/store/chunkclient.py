@@ -14,6 +14,9 @@ or makes no progress (no reply, no new piece of data) for `hedge_after` seconds.
 first whole, verified answer wins and the others are cancelled. Asking every holder
 at once from the start would send each chunk twice over the relays' links, halving
 what a pull gets from them.
+
+A home relay that answered that its copy is missing or corrupt is then sent the
+verified bytes, so a chunk that is read gets back to `replicas` copies.
 """
 
 import hashlib
@@ -26,9 +29,12 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from treescale.bus.frames import Kind
-from treescale.bus.node import BusError, BusNode, Message
+from treescale.bus.node import BusError, BusNode, Message, RemoteError
 from treescale.store.errors import StorageUnavailable, UploadFailed
 from treescale.store.placement import Holder, place, rank
+
+# What a relay answers when its copy of a chunk is gone or failed verification.
+LOST_COPY_CODES = frozenset({"chunk_missing", "chunk_corrupt"})
 
 
 @dataclass(frozen=True)
@@ -104,7 +110,8 @@ class ChunkClient:
         ]
         if not candidates:
             raise StorageUnavailable(f"no relay that may hold {digest} is reachable")
-        return await _Race(self, digest, size, self._order(candidates)).run()
+        homes = set(candidates[: self.replicas])
+        return await _Race(self, digest, size, self._order(candidates), homes).run()
 
     def _order(self, candidates: list[str]) -> list[str]:
         """Homes least loaded first (ties rotating), then the rest of the rank.
@@ -142,11 +149,18 @@ class _Race:
     """One hedged chunk-get: holders asked one after another, first good one wins."""
 
     def __init__(
-        self, client: ChunkClient, digest: str, size: int, order: list[str]
+        self,
+        client: ChunkClient,
+        digest: str,
+        size: int,
+        order: list[str],
+        homes: set[str],
     ) -> None:
         self.client = client
         self.digest = digest
         self.size = size
+        self.homes = homes
+        self.to_repair: list[str] = []
         self.waiting = list(order)
         self.asked: dict[str, Deferred[Message]] = {}
         self.done: Deferred[bytes] = Deferred(lambda _: self._stop())
@@ -212,7 +226,16 @@ class _Race:
             self._ask_next()
             return
         self._stop()
+        self._repair(data)
         self.done.callback(data)
+
+    def _repair(self, data: bytes) -> None:
+        """Put the good bytes back on home relays that lost or damaged their copy."""
+        for name in self.to_repair:
+            self.client.log.info(
+                "re-creating chunk {digest} on {relay}", digest=self.digest, relay=name
+            )
+            self.client._put_one(name, self.digest, data).addErrback(lambda _: None)
 
     def _failed(self, failure: object, name: str) -> None:
         self.asked.pop(name, None)
@@ -227,6 +250,9 @@ class _Race:
                 why=repr(error),
             )
         self.errors.append(f"{name}: {error}")
+        lost = isinstance(error, RemoteError) and error.code in LOST_COPY_CODES
+        if lost and name in self.homes:
+            self.to_repair.append(name)
         self._ask_next()
 
     def _stop(self) -> None:
