@@ -57,6 +57,20 @@ def test_recipe_that_does_not_add_up_is_refused() -> None:
         Recipe.decode(damaged.encode())
 
 
+def test_recipe_with_a_negative_chunk_is_refused() -> None:
+    """Decoding refuses chunk sizes that add up only because one is negative."""
+    recipe = recipe_of(b"x" * 250, [100, 100, 50])
+    first, second, third = recipe.chunks
+    damaged = Recipe(
+        recipe.digest,
+        250,
+        (first, ChunkRef(second.digest, 200), ChunkRef(third.digest, -50)),
+    )
+
+    with pytest.raises(ValueError, match="empty chunk"):
+        Recipe.decode(damaged.encode())
+
+
 def test_recipe_key_and_digest_form() -> None:
     """Recipes are stored under recipe/<digest>, digests in the spec's form."""
     assert recipe_key("sha256:ab") == "recipe/sha256:ab"

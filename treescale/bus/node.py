@@ -246,6 +246,9 @@ class BusNode(MultiService):
             listener(peer, True)
 
     def link_lost(self, peer: str, link: Link) -> None:
+        # Shortcoming: only requests that left on this link fail at once. A request
+        # whose route breaks further on (a pass-through node losing its next link)
+        # waits for its deadline, since pass-through nodes keep no request state.
         if self.links.get(peer) is not link:
             return
         del self.links[peer]

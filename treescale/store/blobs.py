@@ -56,6 +56,8 @@ class Recipe:
         document = json.loads(data)
         chunks = tuple(ChunkRef(str(d), int(s)) for d, s in document["chunks"])
         recipe = cls(str(document["digest"]), int(document["size"]), chunks)
+        if any(chunk.size <= 0 for chunk in chunks):
+            raise ValueError(f"recipe of {recipe.digest} has an empty chunk")
         if sum(chunk.size for chunk in chunks) != recipe.size:
             raise ValueError(f"recipe of {recipe.digest} does not add up")
         return recipe
@@ -331,6 +333,9 @@ async def read_blob(
         consumer.unregisterProducer()
 
 
+# Shortcoming: a client that stops reading keeps its window of chunks, and their
+# room in the node's budget, until it reads on or hangs up; enough such clients
+# make other transfers wait for room (they never make the node run out of memory).
 class _Fetch:
     """One chunk being fetched for a read, holding room in the budget once taken."""
 

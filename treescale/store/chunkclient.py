@@ -231,6 +231,9 @@ class _Race:
 
     def _repair(self, data: bytes) -> None:
         """Put the good bytes back on home relays that lost or damaged their copy."""
+        # Shortcoming: copies are re-created only when a chunk is read. A relay
+        # whose disk is lost leaves the chunks nobody reads at one copy until a
+        # background scrub exists.
         for name in self.to_repair:
             self.client.log.info(
                 "re-creating chunk {digest} on {relay}", digest=self.digest, relay=name
