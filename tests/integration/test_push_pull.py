@@ -139,16 +139,18 @@ class TestReferenceRegistry(RegistryChecks):
     """The checks against CNCF distribution: a failure here is the test's own bug."""
 
     @pytest.fixture(scope="class")
+    @classmethod
     def server(
-        self, tmp_path_factory: pytest.TempPathFactory
+        cls, tmp_path_factory: pytest.TempPathFactory
     ) -> Iterator[ReferenceRegistry]:
         """The reference registry, shared by this class's tests."""
         with running_reference_registry(tmp_path_factory.mktemp("reference")) as ref:
             yield ref
 
     @pytest.fixture(scope="class")
+    @classmethod
     def round_trip(
-        self,
+        cls,
         server: ReferenceRegistry,
         image: OciImage,
         skopeo: Skopeo,
@@ -162,14 +164,16 @@ class TestTreescale(RegistryChecks):
     """The same checks against a treescale tree, then what its relays hold."""
 
     @pytest.fixture(scope="class")
-    def server(self, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    @classmethod
+    def server(cls, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         """A treescale tree of one registry node and three relays, for this class."""
         with running_cluster(tmp_path_factory.mktemp("treescale")) as cluster:
             yield cluster
 
     @pytest.fixture(scope="class")
+    @classmethod
     def round_trip(
-        self,
+        cls,
         server: Cluster,
         image: OciImage,
         skopeo: Skopeo,
@@ -179,8 +183,9 @@ class TestTreescale(RegistryChecks):
         return push_and_pull(server, image, skopeo, tmp_path_factory.mktemp("pull"))
 
     @pytest.fixture(scope="class")
+    @classmethod
     def chunks(
-        self, server: Cluster, round_trip: RoundTrip
+        cls, server: Cluster, round_trip: RoundTrip
     ) -> dict[str, dict[str, Path]]:
         """Each relay's chunk files, read once the round trip is done."""
         return relay_chunks(server)
