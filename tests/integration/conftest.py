@@ -16,7 +16,8 @@ from .cluster import (
     running_cluster,
     running_reference_registry,
 )
-from .images import OciImage, Skopeo, build_image
+from .engines import Docker, Podman, running_docker_daemon
+from .images import MiB, OciImage, Skopeo, build_image
 
 IMAGE_TAG = "v1"
 
@@ -58,3 +59,32 @@ def pytest_runtest_makereport(
             if isinstance(value, Cluster | ReferenceRegistry):
                 report.sections.append(("server logs", value.log_tails()))
     return report
+
+
+# Docker's vfs store copies every layer in full, at about 10 MB/s: its image is small.
+SMALL_IMAGE_TAG = "small"
+SMALL_IMAGE_SIZE = 4 * MiB
+
+
+@pytest.fixture(scope="session")
+def small_image(tmp_path_factory: pytest.TempPathFactory) -> OciImage:
+    """A real image of three layers and a few MiB, built once per session."""
+    return build_image(
+        tmp_path_factory.mktemp("small-image"),
+        SMALL_IMAGE_TAG,
+        min_layers=3,
+        min_size=SMALL_IMAGE_SIZE,
+    )
+
+
+@pytest.fixture(scope="class")
+def podman(tmp_path_factory: pytest.TempPathFactory) -> Podman:
+    """podman with a store and settings of its own, for one test class."""
+    return Podman.in_directory(tmp_path_factory.mktemp("podman"))
+
+
+@pytest.fixture(scope="class")
+def docker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Docker]:
+    """docker with a dockerd of its own for one test class, stopped at its end."""
+    with running_docker_daemon(tmp_path_factory.mktemp("docker")) as daemon:
+        yield daemon.client()
