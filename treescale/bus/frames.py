@@ -215,22 +215,40 @@ def _encode_meta(meta: Mapping[str, object]) -> bytes:
 def _check_meta(meta: Mapping[str, object]) -> None:
     """Refuse keys and values outside the documented meta types."""
     for key, value in meta.items():
-        if not isinstance(key, str):
-            raise FrameError(f"meta key {key!r} is not a string")
+        if not isinstance(key, str) or not _is_text(key):
+            raise FrameError(f"meta key {key!r} is not a UTF-8 string")
 
         if not _is_meta_value(value):
-            raise FrameError(f"meta value for {key!r} has an unsupported type")
+            raise FrameError(
+                f"meta value for {key!r} has an unsupported type or is not UTF-8"
+            )
 
 
 def _is_meta_value(value: object) -> bool:
     """Tell whether a value is one a meta map may hold."""
-    if value is None or isinstance(value, str | int):
+    if isinstance(value, str):
+        return _is_text(value)
+
+    if value is None or isinstance(value, int):
         return True
 
     if isinstance(value, list):
-        return all(isinstance(item, str | int) for item in value)
+        return all(
+            isinstance(item, int) or (isinstance(item, str) and _is_text(item))
+            for item in value
+        )
 
     return False
+
+
+def _is_text(value: str) -> bool:
+    """Whether a string survives UTF-8: JSON's escapes can spell lone surrogates,
+    which decode but could never be encoded again when the frame is passed on."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _check_lengths(

@@ -40,6 +40,9 @@ class LinkSettings:
     idle_timeout: float = 20.0
     handshake_timeout: float = 10.0
     max_unsent: int = 64 * 1024 * 1024
+    stall_timeout: float = 15.0
+    """Seconds a peer may leave our writes unread before the link is dropped: a
+    peer that stops reading must not hold the links whose frames wait for it."""
 
 
 class Link(Protocol):
@@ -61,6 +64,7 @@ class Link(Protocol):
         self._last_heard = 0.0
         self._heartbeat: LoopingCall | None = None
         self._handshake_timer: IDelayedCall | None = None
+        self._stall_timer: IDelayedCall | None = None
         self._closed = False
 
     # Connection life.
@@ -126,11 +130,20 @@ class Link(Protocol):
     # Timers.
 
     def _beat(self) -> None:
+        if self._holds:
+            # We are not reading the peer: its silence is ours, not its.
+            self._last_heard = self.clock.seconds()
         silent = self.clock.seconds() - self._last_heard
         if silent > self.settings.idle_timeout:
             self.abort(f"peer silent for {silent:.1f} s")
             return
         self.send(self.node.heartbeat_frame())
+
+    def _stalled(self) -> None:
+        self._stall_timer = None
+        self.abort(
+            f"peer read nothing of ours for {self.settings.stall_timeout} s"
+        )
 
     def _handshake_expired(self) -> None:
         self._handshake_timer = None
@@ -143,6 +156,9 @@ class Link(Protocol):
         if self._handshake_timer is not None and self._handshake_timer.active():
             self._handshake_timer.cancel()
         self._handshake_timer = None
+        if self._stall_timer is not None and self._stall_timer.active():
+            self._stall_timer.cancel()
+        self._stall_timer = None
 
     # Sending.
 
@@ -191,10 +207,17 @@ class Link(Protocol):
 
     def pauseProducing(self) -> None:
         self._paused = True
+        if self._stall_timer is None and not self._closed:
+            self._stall_timer = self.clock.callLater(
+                self.settings.stall_timeout, self._stalled
+            )
 
     def resumeProducing(self) -> None:
         self._paused = False
         self._unsent = 0
+        if self._stall_timer is not None and self._stall_timer.active():
+            self._stall_timer.cancel()
+        self._stall_timer = None
         waiters, self._writable_waiters = self._writable_waiters, []
         for waiter in waiters:
             waiter.callback(None)

@@ -564,7 +564,16 @@ class BusNode(MultiService):
                 "dropped {kind} for {peer}: link down", kind=frame.kind.name, peer=peer
             )
             return
-        out.send(frame)
+        try:
+            out.send(frame)
+        except FrameError as e:
+            self.log.warn(
+                "dropped {kind} for {peer}: cannot pass it on: {why}",
+                kind=frame.kind.name,
+                peer=peer,
+                why=str(e),
+            )
+            return
         if incoming is not None and not out.writable:
             incoming.hold()
             out.wait_writable().addBoth(lambda _: incoming.release())
