@@ -20,6 +20,7 @@ from treescale.bus.node import BusNode, HandlerError, Message, Unreachable
 from treescale.store.errors import StorageUnavailable
 from treescale.store.placement import Holder, place
 from treescale.store.records import (
+    MAX_CLOCK_SKEW,
     MAX_RECORD_SIZE,
     HybridClock,
     RecordClient,
@@ -501,3 +502,29 @@ def test_records_over_the_bus_need_a_quorum(tmp_path: Path) -> None:
     tree.flush()
 
     assert isinstance(failure(read).value, StorageUnavailable)
+
+
+def test_relay_refuses_a_version_from_far_in_the_future(tmp_path: Path) -> None:
+    """A RECORD_PUT whose wall time runs past the relay's clock plus the allowed
+    skew is refused, so it can never win every later write."""
+    files = RecordFiles(tmp_path, fsync=False)
+    now = 1_000_000.0
+    ahead = int((now + MAX_CLOCK_SKEW + 1) * 1000)
+
+    error = failure(
+        maybeDeferred(
+            answer_record_put, files, put_message(KEY, [ahead, 0, 1], b"x"), lambda: now
+        )
+    ).value
+
+    assert isinstance(error, HandlerError)
+    assert error.code == "bad_request"
+    assert files.get(KEY) is None
+
+
+def test_version_parts_must_fit_in_63_bits() -> None:
+    """A version part beyond 2**63 - 1 is not a version."""
+    with pytest.raises(ValueError):
+        Version.from_list([10**4000, 0, 0])
+    with pytest.raises(ValueError):
+        Version.from_list([-1, 0, 0])

@@ -35,6 +35,10 @@ from treescale.store.errors import StorageUnavailable
 from treescale.store.placement import Holder, place
 
 MAX_RECORD_SIZE = 1024 * 1024
+MAX_VERSION_PART = 2**63 - 1
+MAX_CLOCK_SKEW = 600.0
+"""Seconds a version's wall time may run ahead of a relay's clock: a version from
+far in the future would win every later write."""
 RECORD_TIMEOUT = 10.0
 
 
@@ -54,9 +58,12 @@ class Version:
         if (
             not isinstance(value, list)
             or len(value) != 3
-            or not all(isinstance(part, int) for part in value)
+            or not all(
+                isinstance(part, int) and 0 <= part <= MAX_VERSION_PART
+                for part in value
+            )
         ):
-            raise ValueError(f"not a record version: {value!r}")
+            raise ValueError(f"not a record version: {str(value)[:80]}")
         return cls(value[0], value[1], value[2])
 
 
@@ -77,7 +84,11 @@ class HybridClock:
         return self._last
 
     def observe(self, seen: Version) -> None:
-        """Move past a version read from elsewhere, so our next write is newer."""
+        """Move past a version read from elsewhere, so our next write is newer.
+
+        Relays refuse versions more than `MAX_CLOCK_SKEW` ahead of their clocks, so
+        what is read here is never far in the future.
+        """
         if (seen.wall_ms, seen.counter) > (self._last.wall_ms, self._last.counter):
             self._last = Version(seen.wall_ms, seen.counter, self.node)
 
@@ -311,13 +322,19 @@ def answer_record_get(files: RecordFiles, message: Message) -> Message:
     return Message(Kind.REPLY, message.origin, meta, stored.value or b"")
 
 
-def answer_record_put(files: RecordFiles, message: Message) -> Message:
+def answer_record_put(
+    files: RecordFiles, message: Message, wall: Callable[[], float] = time.time
+) -> Message:
     """A relay's answer to RECORD_PUT: keep the version if newer (blocking)."""
     key = _key_of(message)
     try:
         version = Version.from_list(message.meta.get("version"))
     except ValueError as e:
         raise HandlerError("bad_request", str(e)) from e
+    if version.wall_ms > (wall() + MAX_CLOCK_SKEW) * 1000:
+        raise HandlerError(
+            "bad_request", f"record version is over {MAX_CLOCK_SKEW:.0f} s ahead"
+        )
     value = None if message.meta.get("deleted") else message.data
     if value is not None and len(value) > MAX_RECORD_SIZE:
         raise HandlerError(
