@@ -10,6 +10,7 @@ Every test runs a small tree of `BusNode`s linked in memory (see `bustest`), wit
        a1
 """
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -719,3 +720,54 @@ def test_links_are_closed_when_a_node_stops() -> None:
     assert tree["a"].links == {}
     assert sorted(tree["root"].links) == ["b"]
     assert tree["a1"].links == {}
+
+
+def test_request_claiming_a_far_origin_is_dropped() -> None:
+    """A request arriving from b but naming a1 as its origin is not handled, so a
+    peer cannot have answers sent to a node that never asked."""
+    tree = wired()
+    echo = Echo()
+    tree["root"].handlers[Kind.CHUNK_HAS] = echo
+    link = tree["b"].links["root"]
+    forged = raw_request(tree, "b", "root", 4321)
+
+    link.send(replace(forged, meta={"origin": "a1", "digest": "d"}))
+    tree.flush()
+
+    assert echo.calls == []
+
+
+def test_requests_past_the_cap_are_answered_busy() -> None:
+    """With max_inbound_requests in hand, the next request gets 'busy'."""
+    settings = LinkSettings(max_inbound_requests=2)
+    tree = BusTree(settings={"b": settings}).connect_all()
+    parked = Parked()
+    tree["b"].handlers[Kind.CHUNK_GET] = parked
+
+    held = [tree["root"].request("b", Kind.CHUNK_GET, {}) for _ in range(2)]
+    third = tree["root"].request("b", Kind.CHUNK_GET, {})
+    tree.flush()
+
+    error = error_of(third)
+    assert isinstance(error, RemoteError)
+    assert error.code == "busy"
+    assert len(parked.calls) == 2
+    assert not any(d.called for d in held)
+
+
+def test_request_whose_data_stops_is_given_up() -> None:
+    """A request whose data stops arriving is dropped after inbound_timeout and
+    its origin told, so half a request never pins memory."""
+    settings = LinkSettings(inbound_timeout=5.0, idle_timeout=60.0)
+    tree = BusTree(settings={"b": settings}).connect_all()
+    tree["b"].handlers[Kind.CHUNK_PUT] = Echo()
+    link = tree["root"].links["b"]
+    route = tree["root"].routes.route_to(["b"])
+    link.send(Frame(Kind.CHUNK_PUT, 555, route=route, meta={"origin": "root"}))
+    link.send(Frame(Kind.DATA, 556, correlation=555, route=route, payload=b"x" * 10))
+    tree.flush()
+    assert 555 in tree["b"]._inbound
+
+    tree.advance(6.0)
+
+    assert 555 not in tree["b"]._inbound

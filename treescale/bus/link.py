@@ -40,6 +40,11 @@ class LinkSettings:
     idle_timeout: float = 20.0
     handshake_timeout: float = 10.0
     max_unsent: int = 64 * 1024 * 1024
+    max_inbound_requests: int = 128
+    """Requests a node holds at once (data arriving, handler running, reply
+    going out); past it a request is answered "busy". Each holds up to a chunk."""
+    inbound_timeout: float = 60.0
+    """Seconds a request's data may take to arrive whole before it is given up."""
     stall_timeout: float = 15.0
     """Seconds a peer may leave our writes unread before the link is dropped: a
     peer that stops reading must not hold the links whose frames wait for it."""
@@ -141,9 +146,7 @@ class Link(Protocol):
 
     def _stalled(self) -> None:
         self._stall_timer = None
-        self.abort(
-            f"peer read nothing of ours for {self.settings.stall_timeout} s"
-        )
+        self.abort(f"peer read nothing of ours for {self.settings.stall_timeout} s")
 
     def _handshake_expired(self) -> None:
         self._handshake_timer = None

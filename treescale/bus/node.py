@@ -29,6 +29,7 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.interfaces import (
+    IDelayedCall,
     IListeningPort,
     IReactorTCP,
     IReactorTime,
@@ -125,6 +126,7 @@ class _Inbound:
     received: int = 0
     started: bool = False
     running: "Deferred[None] | None" = None
+    expiry: IDelayedCall | None = None
 
 
 class BusNode(MultiService):
@@ -364,10 +366,26 @@ class BusNode(MultiService):
 
     # Requests, the handler's side.
 
-    def _request_arrived(self, frame: Frame) -> None:
+    def _request_arrived(self, frame: Frame, came_from: str | None) -> None:
         origin = frame.meta.get("origin")
         if not isinstance(origin, str) or origin not in self.topology.parents:
             self.log.warn("dropped {kind} without a known origin", kind=frame.kind.name)
+            return
+        if not self._came_the_right_way(origin, came_from):
+            self.log.warn(
+                "dropped {kind} from {peer} claiming origin {origin}",
+                kind=frame.kind.name,
+                peer=came_from,
+                origin=origin,
+            )
+            return
+        if len(self._inbound) >= self.link_settings.max_inbound_requests:
+            self._answer_error(
+                origin,
+                frame.event_id,
+                "busy",
+                f"{self.me.name} has {len(self._inbound)} requests in hand",
+            )
             return
         handler = self.handlers.get(frame.kind)
         if handler is None:
@@ -379,8 +397,33 @@ class BusNode(MultiService):
             )
             return
         inbound = _Inbound(frame.kind, origin, frame.meta, self.max_request_data)
+        inbound.expiry = self.clock.callLater(
+            self.link_settings.inbound_timeout, self._inbound_expired, frame.event_id
+        )
         self._inbound[frame.event_id] = inbound
         self._inbound_data(frame.event_id, frame)
+
+    def _came_the_right_way(self, origin: str, came_from: str | None) -> bool:
+        """Whether a request claiming `origin` arrived over the link toward it."""
+        if came_from is None:
+            return origin == self.me.name
+        return origin != self.me.name and self.routes.next_hop(origin) == came_from
+
+    def _inbound_expired(self, event_id: int) -> None:
+        """Forget a request whose data stopped coming: it must not pin memory."""
+        inbound = self._inbound.get(event_id)
+        if inbound is None or inbound.started:
+            return
+        del self._inbound[event_id]
+        self.log.warn(
+            "gave up {kind} from {origin}: its data stopped after {nbytes} bytes",
+            kind=inbound.kind.name,
+            origin=inbound.origin,
+            nbytes=inbound.received,
+        )
+        self._answer_error(
+            inbound.origin, event_id, "timeout", "request data stopped arriving"
+        )
 
     def _inbound_data(self, event_id: int, frame: Frame) -> None:
         inbound = self._inbound.get(event_id)
@@ -404,6 +447,8 @@ class BusNode(MultiService):
             )
             inbound.pieces = []
             inbound.started = True
+            if inbound.expiry is not None and inbound.expiry.active():
+                inbound.expiry.cancel()
             inbound.running = ensureDeferred(self._handle(event_id, message))
 
     async def _handle(self, event_id: int, message: Message) -> None:
@@ -555,7 +600,7 @@ class BusNode(MultiService):
         for peer, route in forwards.items():
             self._forward(peer, replace(frame, route=route, hops=frame.hops - 1), link)
         if deliver:
-            self._deliver(frame)
+            self._deliver(frame, came_from)
 
     def _forward(self, peer: str, frame: Frame, incoming: Link | None) -> None:
         out = self.links.get(peer)
@@ -578,7 +623,7 @@ class BusNode(MultiService):
             incoming.hold()
             out.wait_writable().addBoth(lambda _: incoming.release())
 
-    def _deliver(self, frame: Frame) -> None:
+    def _deliver(self, frame: Frame, came_from: str | None) -> None:
         if frame.kind in (Kind.REPLY, Kind.ERROR):
             self._answer_arrived(frame)
         elif frame.kind == Kind.DATA:
@@ -592,7 +637,7 @@ class BusNode(MultiService):
         elif frame.kind == Kind.CANCEL:
             self._cancel_arrived(frame)
         elif frame.kind not in (Kind.HELLO, Kind.HEARTBEAT):
-            self._request_arrived(frame)
+            self._request_arrived(frame, came_from)
 
     def _new_id(self) -> int:
         return self._random.getrandbits(63) + 1
