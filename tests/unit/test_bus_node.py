@@ -244,16 +244,37 @@ def test_garbage_drops_the_link() -> None:
     assert "root" not in tree["b"].links
 
 
-def test_newer_link_replaces_the_older() -> None:
-    """A second link from the same child takes over and the first one is closed."""
+def test_second_link_for_a_live_peer_is_refused() -> None:
+    """A second link claiming a child that is linked and talking is closed, and the
+    live link stays: a HELLO alone cannot knock a relay off."""
     tree = wired()
     old = tree["root"].links["b"]
+
+    tree.join(Link(tree["root"], None), Link(tree["b"], "root"), key="b-again")
+
+    assert tree["root"].links["b"] is old
+    assert tree.edges["b-again"].pump.serverIO.disconnected
+    assert not tree.edges["b"].pump.serverIO.disconnected
+
+
+def test_newer_link_replaces_a_quiet_one_and_fails_its_requests() -> None:
+    """Once the old link has been quiet past a heartbeat interval, a newer link
+    takes over, the old one is closed and requests that left on it fail at once."""
+    tree = wired()
+    old = tree["root"].links["b"]
+    tree["b"].handlers[Kind.CHUNK_GET] = Parked()
+    waiting = tree["root"].request("b", Kind.CHUNK_GET, {})
+    tree.flush()
+    # The old link falls quiet at both ends, as a connection lost without a reset.
+    for end in (old, tree["b"].links["root"]):
+        end._last_heard -= LinkSettings().heartbeat_interval + 1
 
     tree.join(Link(tree["root"], None), Link(tree["b"], "root"), key="b-again")
 
     assert tree["root"].links["b"] is not old
     assert tree.edges["b"].pump.serverIO.disconnected
     assert sorted(tree["root"].links) == ["a", "b"]
+    assert isinstance(error_of(waiting), LinkLost)
 
 
 # Requests and replies.

@@ -178,6 +178,20 @@ class Link(Protocol):
         self.transport.write(data)
 
     @property
+    def last_heard(self) -> float:
+        """When the peer last sent us anything, on the node's clock."""
+        return self._last_heard
+
+    @property
+    def peer_address(self) -> str:
+        """The far end's address, for logs."""
+        if self.transport is None:
+            return "(not connected)"
+        address = self.transport.getPeer()
+        host, port = getattr(address, "host", None), getattr(address, "port", None)
+        return f"{host}:{port}" if host is not None else str(address)
+
+    @property
     def writable(self) -> bool:
         return not self._paused and not self._closed
 

@@ -239,11 +239,35 @@ class BusNode(MultiService):
         return self.topology.parents.get(name)
 
     def link_up(self, peer: str, link: Link) -> None:
+        """Take a link whose handshake passed, unless the peer is linked and alive.
+
+        A second link for a peer heard from within the last heartbeat interval is
+        refused: a real peer that reconnects has lost its old connection, and one
+        that lost it silently falls quiet first. Without this, anyone who can reach
+        the bus port could knock a live relay off by sending its HELLO.
+        """
+        # Shortcoming: the bus does not authenticate peers. A HELLO names a node and
+        # the topology's hash, both public; an impostor is refused only while the
+        # real node is linked and talking. Mutually authenticated TLS is the fix.
         old = self.links.get(peer)
-        self.links[peer] = link
         if old is not None and old is not link:
-            old.abort("replaced by a newer link")
-        self.log.info("bus link up: {node} <-> {peer}", node=self.me.name, peer=peer)
+            quiet = self.clock.seconds() - old.last_heard
+            if quiet < self.link_settings.heartbeat_interval:
+                link.abort(
+                    f"{peer} is already linked from {old.peer_address} and was heard "
+                    f"{quiet:.1f} s ago; refusing a second link from "
+                    f"{link.peer_address}"
+                )
+                return
+            old.abort(f"replaced by a newer link from {link.peer_address}")
+            self._fail_requests_on(peer, LinkLost(f"link to {peer} replaced"))
+        self.links[peer] = link
+        self.log.info(
+            "bus link up: {node} <-> {peer} ({address})",
+            node=self.me.name,
+            peer=peer,
+            address=link.peer_address,
+        )
         for listener in self.link_listeners:
             listener(peer, True)
 
@@ -255,12 +279,16 @@ class BusNode(MultiService):
             return
         del self.links[peer]
         self.log.warn("bus link down: {node} <-> {peer}", node=self.me.name, peer=peer)
-        for event_id, pending in list(self._pending.items()):
-            if pending.link == peer:
-                self._fail(event_id, LinkLost(f"link to {peer} lost"))
+        self._fail_requests_on(peer, LinkLost(f"link to {peer} lost"))
         self._forget_inbound_via(peer)
         for listener in self.link_listeners:
             listener(peer, False)
+
+    def _fail_requests_on(self, peer: str, error: BusError) -> None:
+        """Fail every request of ours that left over the link to `peer`."""
+        for event_id, pending in list(self._pending.items()):
+            if pending.link == peer:
+                self._fail(event_id, error)
 
     def reachable(self, name: str) -> bool:
         """Whether the link toward `name` is up (always true for this node)."""
