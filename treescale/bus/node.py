@@ -437,6 +437,10 @@ class BusNode(MultiService):
             return origin == self.me.name
         return origin != self.me.name and self.routes.next_hop(origin) == came_from
 
+    # Shortcoming: an unfinished request is forgotten after inbound_timeout, or at
+    # once only when the link toward its origin here drops; an origin that leaves
+    # behind another node is not told to this one, so its data waits out the
+    # timeout (bounded by max_inbound_requests).
     def _inbound_expired(self, event_id: int) -> None:
         """Forget a request whose data stopped coming: it must not pin memory."""
         inbound = self._inbound.get(event_id)
@@ -647,6 +651,10 @@ class BusNode(MultiService):
                 why=str(e),
             )
             return
+        # Shortcoming: holding the incoming link pauses all of its traffic, not only
+        # what goes to the slow peer; a child that stops reading freezes its
+        # parent's link to the sibling it asked until stall_timeout drops it. Flow
+        # control per destination would confine the stall to the slow peer.
         if incoming is not None and not out.writable:
             incoming.hold()
             out.wait_writable().addBoth(lambda _: incoming.release())

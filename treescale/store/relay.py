@@ -102,6 +102,9 @@ class Relay:
         finally:
             writer.abort()
 
+    # Shortcoming: the reply holds the whole chunk in memory until it is sent; a
+    # peer that does not read pins up to max_inbound_requests chunks until
+    # stall_timeout drops its link. Streaming the file in pieces would not.
     async def chunk_get(self, message: Message) -> Message:
         """A chunk's bytes, verified against its digest before they leave."""
         digest = _digest_of(message)
