@@ -27,6 +27,6 @@ setup(
             "pytest-twisted>=1.14,<2",
             "hypothesis>=6.100,<7",
         ],
-        "lint": ["ruff>=0.6", "mypy>=1.10", "mypy-zope>=1.0"],
+        "lint": ["ruff>=0.6", "mypy>=1.10", "mypy-zope>=1.0", "tox>=4"],
     },
 )
