@@ -158,6 +158,33 @@ def access_lines(text: str) -> list[AccessLine]:
 class EngineChecks:
     """What any registry must do for podman and docker: the tests both servers run."""
 
+    @pytest.fixture(scope="class")
+    @classmethod
+    def podman_trip(
+        cls,
+        server: Server,
+        small_image: OciImage,
+        podman: Podman,
+        tmp_path_factory: pytest.TempPathFactory,
+    ) -> EngineRoundTrip:
+        """The image through podman and the class's server."""
+        workdir = tmp_path_factory.mktemp("podman-trip")
+        return podman_round_trip(server, small_image, podman, workdir)
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def docker_trip(
+        cls,
+        server: Server,
+        small_image: OciImage,
+        docker: Docker,
+        skopeo: Skopeo,
+        tmp_path_factory: pytest.TempPathFactory,
+    ) -> EngineRoundTrip:
+        """The image through docker and the class's server."""
+        workdir = tmp_path_factory.mktemp("docker-trip")
+        return docker_round_trip(server, small_image, docker, skopeo, workdir)
+
     def test_podman_pull_brings_back_the_loaded_image(
         self, podman_trip: EngineRoundTrip, small_image: OciImage
     ) -> None:
@@ -260,33 +287,6 @@ class TestReferenceRegistry(EngineChecks):
         with running_reference_registry(tmp_path_factory.mktemp("reference")) as ref:
             yield ref
 
-    @pytest.fixture(scope="class")
-    @classmethod
-    def podman_trip(
-        cls,
-        server: ReferenceRegistry,
-        small_image: OciImage,
-        podman: Podman,
-        tmp_path_factory: pytest.TempPathFactory,
-    ) -> EngineRoundTrip:
-        """The image through podman and the reference registry."""
-        workdir = tmp_path_factory.mktemp("podman-trip")
-        return podman_round_trip(server, small_image, podman, workdir)
-
-    @pytest.fixture(scope="class")
-    @classmethod
-    def docker_trip(
-        cls,
-        server: ReferenceRegistry,
-        small_image: OciImage,
-        docker: Docker,
-        skopeo: Skopeo,
-        tmp_path_factory: pytest.TempPathFactory,
-    ) -> EngineRoundTrip:
-        """The image through docker and the reference registry."""
-        workdir = tmp_path_factory.mktemp("docker-trip")
-        return docker_round_trip(server, small_image, docker, skopeo, workdir)
-
 
 class TestTreescale(EngineChecks):
     """The same checks against a treescale tree, then what its registry node saw."""
@@ -297,33 +297,6 @@ class TestTreescale(EngineChecks):
         """A treescale tree of one registry node and three relays, for this class."""
         with running_cluster(tmp_path_factory.mktemp("treescale")) as cluster:
             yield cluster
-
-    @pytest.fixture(scope="class")
-    @classmethod
-    def podman_trip(
-        cls,
-        server: Cluster,
-        small_image: OciImage,
-        podman: Podman,
-        tmp_path_factory: pytest.TempPathFactory,
-    ) -> EngineRoundTrip:
-        """The image through podman and the tree."""
-        workdir = tmp_path_factory.mktemp("podman-trip")
-        return podman_round_trip(server, small_image, podman, workdir)
-
-    @pytest.fixture(scope="class")
-    @classmethod
-    def docker_trip(
-        cls,
-        server: Cluster,
-        small_image: OciImage,
-        docker: Docker,
-        skopeo: Skopeo,
-        tmp_path_factory: pytest.TempPathFactory,
-    ) -> EngineRoundTrip:
-        """The image through docker and the tree."""
-        workdir = tmp_path_factory.mktemp("docker-trip")
-        return docker_round_trip(server, small_image, docker, skopeo, workdir)
 
     @pytest.mark.parametrize("engine", ["podman", "docker"])
     def test_each_blob_came_in_one_accepted_patch(
