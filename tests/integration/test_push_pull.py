@@ -84,6 +84,18 @@ def sha256_hex(path: Path) -> str:
 class RegistryChecks:
     """What any registry must do with the image: the tests both servers run."""
 
+    @pytest.fixture(scope="class")
+    @classmethod
+    def round_trip(
+        cls,
+        server: Server,
+        image: OciImage,
+        skopeo: Skopeo,
+        tmp_path_factory: pytest.TempPathFactory,
+    ) -> RoundTrip:
+        """The image pushed to the class's server and pulled back."""
+        return push_and_pull(server, image, skopeo, tmp_path_factory.mktemp("pull"))
+
     def test_pull_brings_back_every_digest(self, round_trip: RoundTrip) -> None:
         """The pulled image has the pushed manifest, config and layer digests."""
         original, pulled = round_trip.original, round_trip.pulled
@@ -147,18 +159,6 @@ class TestReferenceRegistry(RegistryChecks):
         with running_reference_registry(tmp_path_factory.mktemp("reference")) as ref:
             yield ref
 
-    @pytest.fixture(scope="class")
-    @classmethod
-    def round_trip(
-        cls,
-        server: ReferenceRegistry,
-        image: OciImage,
-        skopeo: Skopeo,
-        tmp_path_factory: pytest.TempPathFactory,
-    ) -> RoundTrip:
-        """The image pushed to the reference registry and pulled back."""
-        return push_and_pull(server, image, skopeo, tmp_path_factory.mktemp("pull"))
-
 
 class TestTreescale(RegistryChecks):
     """The same checks against a treescale tree, then what its relays hold."""
@@ -169,18 +169,6 @@ class TestTreescale(RegistryChecks):
         """A treescale tree of one registry node and three relays, for this class."""
         with running_cluster(tmp_path_factory.mktemp("treescale")) as cluster:
             yield cluster
-
-    @pytest.fixture(scope="class")
-    @classmethod
-    def round_trip(
-        cls,
-        server: Cluster,
-        image: OciImage,
-        skopeo: Skopeo,
-        tmp_path_factory: pytest.TempPathFactory,
-    ) -> RoundTrip:
-        """The image pushed to the tree and pulled back."""
-        return push_and_pull(server, image, skopeo, tmp_path_factory.mktemp("pull"))
 
     @pytest.fixture(scope="class")
     @classmethod
