@@ -14,17 +14,13 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from zope.interface import implementer
 
+from treescale.store.digests import sha256_digest
 from treescale.store.errors import (
     BlobUnknown,
     DigestMismatch,
     StorageUnavailable,
     UploadFailed,
 )
-
-
-def sha256_digest(data: bytes) -> str:
-    """The spec's digest string of some bytes."""
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 @implementer(IPushProducer)

@@ -17,10 +17,10 @@ from treescale.store.blobs import (
     Recipe,
     read_blob,
     recipe_key,
-    sha256_digest,
 )
 from treescale.store.budget import ChunkBudget
 from treescale.store.chunkclient import ChunkClient
+from treescale.store.digests import sha256_digest
 from treescale.store.errors import DigestMismatch, StorageUnavailable, UploadFailed
 from treescale.store.records import RecordClient
 

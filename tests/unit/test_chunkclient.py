@@ -18,8 +18,8 @@ from tests.unit.bustest import (
 )
 from treescale.bus.frames import Kind
 from treescale.bus.node import BusNode, Message, RemoteError, RequestTimeout
-from treescale.store.blobs import sha256_digest
 from treescale.store.chunkclient import ChunkClient, ChunkSettings
+from treescale.store.digests import sha256_digest
 from treescale.store.errors import StorageUnavailable, UploadFailed
 from treescale.store.placement import Holder, place, rank
 from treescale.store.relay import Relay

@@ -12,17 +12,17 @@ from treescale.store.chunks import (
     ChunkError,
     ChunkMissing,
     ChunkStore,
-    chunk_digest,
 )
+from treescale.store.digests import sha256_digest
 
 DATA = b"a chunk of some layer, " * 100
-DIGEST = chunk_digest(DATA)
+DIGEST = sha256_digest(DATA)
 HEX = DIGEST.removeprefix("sha256:")
 
 
 def put(store: ChunkStore, data: bytes) -> str:
     """Store `data` as one chunk through a writer and return its digest."""
-    digest = chunk_digest(data)
+    digest = sha256_digest(data)
     writer = store.open_writer(digest, len(data))
     writer.write(data)
     writer.commit()
@@ -39,9 +39,9 @@ def temp_files(root: pathlib.Path) -> list[pathlib.Path]:
     return list((root / "tmp").iterdir())
 
 
-def test_chunk_digest_is_the_sha256_in_spec_form() -> None:
-    """chunk_digest names bytes by their sha256, prefixed with the algorithm."""
-    assert chunk_digest(b"") == (
+def test_sha256_digest_is_the_sha256_in_spec_form() -> None:
+    """sha256_digest names bytes by their sha256, prefixed with the algorithm."""
+    assert sha256_digest(b"") == (
         "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
     )
 
@@ -87,7 +87,7 @@ def test_any_bytes_cut_anywhere_round_trip(
 ) -> None:
     """Any bytes, written in two pieces split at any point, read back unchanged."""
     store = ChunkStore(tmp_path_factory.mktemp("store"), fsync=False)
-    digest = chunk_digest(data)
+    digest = sha256_digest(data)
 
     writer = store.open_writer(digest, len(data))
     writer.write(data[:cut])
@@ -266,7 +266,7 @@ def test_leftover_part_files_are_removed_on_open(tmp_path: pathlib.Path) -> None
     store = ChunkStore(tmp_path)
     put(store, DATA)
     other = b"another chunk"
-    crashed = store.open_writer(chunk_digest(other), len(other))
+    crashed = store.open_writer(sha256_digest(other), len(other))
     crashed.write(other[:5])
     stray = tmp_path / "tmp" / "from-an-earlier-run.part"
     stray.write_bytes(b"half")
@@ -275,7 +275,7 @@ def test_leftover_part_files_are_removed_on_open(tmp_path: pathlib.Path) -> None
     reopened = ChunkStore(tmp_path)
 
     assert temp_files(tmp_path) == []
-    assert not reopened.has(chunk_digest(other))
+    assert not reopened.has(sha256_digest(other))
     assert reopened.read(DIGEST) == DATA
 
 

@@ -23,7 +23,7 @@ from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
-from tests.unit.memstore import MemoryStorage, sha256_digest
+from tests.unit.memstore import MemoryStorage
 from treescale.registry.app import Registry, RegistrySettings
 from treescale.registry.manifests import (
     DOCKER_MANIFEST,
@@ -31,6 +31,7 @@ from treescale.registry.manifests import (
     OCI_INDEX,
     OCI_MANIFEST,
 )
+from treescale.store.digests import sha256_digest
 
 T = TypeVar("T")
 

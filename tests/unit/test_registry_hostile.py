@@ -22,7 +22,7 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from tests.unit.memstore import MemoryStorage, sha256_digest
+from tests.unit.memstore import MemoryStorage
 from tests.unit.test_registry_app import World, encode, image_manifest
 from tests.unit.test_registry_request import Connection, connect, request_head
 from treescale.registry.app import Registry, RegistrySettings, make_site
@@ -34,6 +34,7 @@ from treescale.registry.ranges import (
     parse_count,
     parse_range,
 )
+from treescale.store.digests import sha256_digest
 
 DATA = b"0123456789" * 10
 HUGE = "9" * 5000

@@ -19,11 +19,12 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from tests.unit.memstore import MemoryStorage, sha256_digest
+from tests.unit.memstore import MemoryStorage
 from treescale.registry.app import Registry, RegistrySettings, make_site
 from treescale.registry.errors import NAME_INVALID, ApiError
 from treescale.registry.manifests import OCI_MANIFEST
 from treescale.registry.request import BodySink, StreamingRequest, StreamingSite
+from treescale.store.digests import sha256_digest
 from treescale.store.errors import UploadFailed
 
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)

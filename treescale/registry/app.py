@@ -25,7 +25,6 @@ any route runs; `Registry.resource` puts a check in front of it so that answer t
 the spec's error body.
 """
 
-import hashlib
 import json
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -83,6 +82,7 @@ from treescale.registry.ranges import (
 from treescale.registry.request import BodySink, StreamingRequest, StreamingSite
 from treescale.registry.routes import ALLOWED_METHODS, Endpoint, Route, parse_route
 from treescale.registry.uploads import UploadSession, UploadSessions
+from treescale.store.digests import sha256_digest
 from treescale.store.errors import BlobUnknown
 from treescale.store.interface import Storage
 
@@ -723,7 +723,7 @@ class Registry:
         manifest = parse_manifest(
             body, _header(request, "content-type"), self.settings.max_manifest_size
         )
-        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        digest = sha256_digest(body)
         tag = self._push_reference(route.reference, digest)
         await self._check_references(repo, manifest)
 

@@ -23,6 +23,7 @@ from zope.interface import implementer
 
 from treescale.store.budget import ChunkBudget
 from treescale.store.chunkclient import ChunkClient
+from treescale.store.digests import ALGORITHM, sha256_digest
 from treescale.store.errors import DigestMismatch, StorageError, UploadFailed
 from treescale.store.records import RecordClient
 
@@ -82,10 +83,6 @@ class Recipe:
 
 def recipe_key(digest: str) -> str:
     return f"recipe/{digest}"
-
-
-def sha256_digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 class ChunkedUpload:
@@ -157,7 +154,7 @@ class ChunkedUpload:
             self._buffer = bytearray()
         await self.drain()
 
-        actual = "sha256:" + self._hash.hexdigest()
+        actual = f"{ALGORITHM}:{self._hash.hexdigest()}"
         if actual != digest:
             raise DigestMismatch(f"the upload hashes to {actual}, not {digest}")
         recipe = Recipe(digest, self._size, tuple(self._cut))

@@ -19,7 +19,6 @@ A home relay that answered that its copy is missing or corrupt is then sent the
 verified bytes, so a chunk that is read gets back to `replicas` copies.
 """
 
-import hashlib
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from twisted.logger import Logger
 
 from treescale.bus.frames import Kind
 from treescale.bus.node import BusError, BusNode, Message, RemoteError
+from treescale.store.digests import sha256_digest
 from treescale.store.errors import StorageUnavailable, UploadFailed
 from treescale.store.placement import Holder, place, rank
 
@@ -215,7 +215,7 @@ class _Race:
         if self.done.called:
             return
         data = reply.data
-        actual = "sha256:" + hashlib.sha256(data).hexdigest()
+        actual = sha256_digest(data)
         if actual != self.digest or len(data) != self.size:
             self.client.log.error(
                 "bad bytes for chunk {digest} from {relay}",

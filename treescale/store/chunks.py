@@ -40,9 +40,10 @@ from typing import BinaryIO, Literal
 
 from twisted.logger import Logger
 
-_DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
+from treescale.store.digests import ALGORITHM
+
+_DIGEST = re.compile(ALGORITHM + r":([0-9a-f]{64})")
 _HEX = re.compile(r"[0-9a-f]{64}")
-_ALGORITHM = "sha256"
 _PART_SUFFIX = ".part"
 
 
@@ -56,11 +57,6 @@ class ChunkMissing(ChunkError):
 
 class ChunkCorrupt(ChunkError):
     """The bytes do not hash to the chunk's digest, or are not its stated size."""
-
-
-def chunk_digest(data: bytes) -> str:
-    """The digest naming a chunk of these bytes, in the spec's form."""
-    return f"{_ALGORITHM}:{hashlib.sha256(data).hexdigest()}"
 
 
 def _hex_of(digest: str) -> str:
@@ -210,7 +206,7 @@ class ChunkStore:
         """
         self._root = root
         self._fsync = fsync
-        self._chunks = root / "chunks" / _ALGORITHM
+        self._chunks = root / "chunks" / ALGORITHM
         self._tmp = root / "tmp"
         self._quarantine = root / "quarantine"
 
@@ -284,7 +280,7 @@ class ChunkStore:
             for entry in sorted(shard.iterdir()):
                 name = entry.name
                 if _HEX.fullmatch(name) and name[:2] == shard.name:
-                    yield f"{_ALGORITHM}:{name}"
+                    yield f"{ALGORITHM}:{name}"
 
     def _path(self, digest: str) -> pathlib.Path:
         """The file a caller's digest names, once the digest is known to be valid."""
@@ -310,7 +306,7 @@ class ChunkStore:
 
         self.log.error(
             "Quarantined corrupt chunk {digest} under {path}",
-            digest=f"{_ALGORITHM}:{hex_digest}",
+            digest=f"{ALGORITHM}:{hex_digest}",
             path=str(self._quarantine / hex_digest),
         )
 

@@ -10,10 +10,10 @@ from treescale.store.blobs import (
     Recipe,
     read_blob,
     recipe_key,
-    sha256_digest,
 )
 from treescale.store.budget import ChunkBudget
 from treescale.store.chunkclient import ChunkClient, ChunkSettings
+from treescale.store.digests import sha256_digest
 from treescale.store.errors import BlobUnknown, StorageUnavailable
 from treescale.store.placement import Holder
 from treescale.store.records import HybridClock, RecordClient
