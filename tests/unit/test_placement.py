@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from treescale.store import placement
-from treescale.store.placement import Holder, place, rank
+from treescale.store.placement import Holder, place, rank, search_order
 
 KEYS = [f"sha256:{n:064x}" for n in range(10_000)]
 RELAYS = [Holder(f"relay-{letter}") for letter in "abcde"]
@@ -198,3 +198,20 @@ def test_place_always_spreads_as_far_as_it_can(
     assert set(chosen) <= set(holders)
     chosen_domains = {holder.domain or holder.name for holder in chosen}
     assert len(chosen_domains) == min(replicas, len(domains))
+
+
+def test_search_order_is_the_homes_then_the_rest_of_the_rank() -> None:
+    """The search order starts with exactly place()'s homes, in their order, and
+    goes on through every other holder in rank order."""
+    holders = [
+        Holder("a", domain="x"),
+        Holder("b", domain="x"),
+        Holder("c", domain="y"),
+        Holder("d", domain="z"),
+    ]
+    for key in KEYS[:200]:
+        order = search_order(key, holders, 2)
+        homes = place(key, holders, 2)
+
+        assert order[:2] == homes
+        assert order[2:] == [h for h in rank(key, holders) if h not in homes]

@@ -31,7 +31,7 @@ from treescale.bus.frames import Kind
 from treescale.bus.node import BusError, BusNode, Message, RemoteError
 from treescale.store.digests import sha256_digest
 from treescale.store.errors import StorageUnavailable, UploadFailed
-from treescale.store.placement import Holder, place, rank
+from treescale.store.placement import Holder, search_order
 
 # What a relay answers when its copy of a chunk is gone or failed verification.
 LOST_COPY_CODES = frozenset({"chunk_missing", "chunk_corrupt"})
@@ -72,9 +72,8 @@ class ChunkClient:
 
     def candidates(self, digest: str) -> list[str]:
         """Every relay in the order a chunk is looked for: homes, then the rank."""
-        homes = [holder.name for holder in place(digest, self.holders, self.replicas)]
-        rest = [h.name for h in rank(digest, self.holders) if h.name not in homes]
-        return homes + rest
+        order = search_order(digest, self.holders, self.replicas)
+        return [holder.name for holder in order]
 
     async def put(self, digest: str, data: bytes) -> None:
         """Store a chunk on `replicas` relays; `UploadFailed` if too few take it."""

@@ -90,7 +90,22 @@ def place(key: str, holders: Sequence[Holder], replicas: int) -> list[Holder]:
     if replicas < 1:
         raise ValueError(f"replicas must be at least 1, not {replicas}")
 
+    return _homes(rank(key, holders), replicas)
+
+
+def search_order(key: str, holders: Sequence[Holder], replicas: int) -> list[Holder]:
+    """Every holder in the order a key is looked for: its homes (as `place` gives
+    them), then the rest of the rank, which holds it only after a fallback write."""
+    if replicas < 1:
+        raise ValueError(f"replicas must be at least 1, not {replicas}")
+
     ranked = rank(key, holders)
+    homes = _homes(ranked, replicas)
+    return homes + [holder for holder in ranked if holder not in homes]
+
+
+def _homes(ranked: list[Holder], replicas: int) -> list[Holder]:
+    """The first `replicas` of a rank, one per failure domain while domains last."""
     chosen: list[Holder] = []
     domains: set[str] = set()
 
