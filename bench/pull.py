@@ -45,10 +45,12 @@ from pathlib import Path
 from types import FrameType
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIG = REPO_ROOT / "conf" / "local.toml"
+sys.path.insert(0, str(REPO_ROOT))
 
-# twistd itself, run by this interpreter (the venv's), as the integration tests do.
-TWISTD = ("-c", "from twisted.scripts.twistd import run; run()")
+# Nodes are launched exactly as the integration tests launch them.
+from tests.integration.cluster import TWISTD, child_environment  # noqa: E402
+
+DEFAULT_CONFIG = REPO_ROOT / "conf" / "local.toml"
 
 MIB = 1024 * 1024
 REPO = "bench/layer"
@@ -183,18 +185,6 @@ def run_command(command: Sequence[str], *, check: bool = True) -> None:
     )
     if check and done.returncode != 0:
         raise BenchError(f"{' '.join(command)}: {done.stderr.strip()}")
-
-
-def child_environment() -> dict[str, str]:
-    """This environment without proxies, with the repository importable."""
-    environment = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.lower().endswith("_proxy")
-    }
-    paths = [str(REPO_ROOT), *filter(None, [environment.get("PYTHONPATH")])]
-    environment["PYTHONPATH"] = os.pathsep.join(paths)
-    return environment
 
 
 class Processes:
