@@ -14,7 +14,6 @@ tests: an image of a few MiB, since docker's vfs store is slow.
 import hashlib
 import json
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,10 +21,7 @@ import pytest
 
 from .cluster import (
     Cluster,
-    ReferenceRegistry,
     Server,
-    running_cluster,
-    running_reference_registry,
 )
 from .engines import (
     DOCKER_MANIFEST,
@@ -38,6 +34,7 @@ from .engines import (
     write_docker_archive,
 )
 from .images import OciImage, Skopeo, forget_uploads
+from .servers import OnReferenceRegistry, OnTreescale
 
 pytestmark = pytest.mark.integration
 
@@ -275,28 +272,12 @@ class EngineChecks:
         assert by_tag.digest == docker_trip.pushed_digest
 
 
-class TestReferenceRegistry(EngineChecks):
+class TestReferenceRegistry(OnReferenceRegistry, EngineChecks):
     """The checks against CNCF distribution: a failure here is the test's own bug."""
 
-    @pytest.fixture(scope="class")
-    @classmethod
-    def server(
-        cls, tmp_path_factory: pytest.TempPathFactory
-    ) -> Iterator[ReferenceRegistry]:
-        """The reference registry, shared by this class's tests."""
-        with running_reference_registry(tmp_path_factory.mktemp("reference")) as ref:
-            yield ref
 
-
-class TestTreescale(EngineChecks):
+class TestTreescale(OnTreescale, EngineChecks):
     """The same checks against a treescale tree, then what its registry node saw."""
-
-    @pytest.fixture(scope="class")
-    @classmethod
-    def server(cls, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-        """A treescale tree of one registry node and three relays, for this class."""
-        with running_cluster(tmp_path_factory.mktemp("treescale")) as cluster:
-            yield cluster
 
     @pytest.mark.parametrize("engine", ["podman", "docker"])
     def test_each_blob_came_in_one_accepted_patch(

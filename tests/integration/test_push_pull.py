@@ -11,7 +11,6 @@ Each class pushes and pulls once and shares the result between its tests, so the
 
 import hashlib
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,12 +19,10 @@ import pytest
 from .cluster import (
     REPLICAS,
     Cluster,
-    ReferenceRegistry,
     Server,
-    running_cluster,
-    running_reference_registry,
 )
 from .images import OciImage, Skopeo, mismatched_blobs, read_image
+from .servers import OnReferenceRegistry, OnTreescale
 
 pytestmark = pytest.mark.integration
 
@@ -147,28 +144,12 @@ class RegistryChecks:
         assert "Traceback" not in round_trip.server.logs()
 
 
-class TestReferenceRegistry(RegistryChecks):
+class TestReferenceRegistry(OnReferenceRegistry, RegistryChecks):
     """The checks against CNCF distribution: a failure here is the test's own bug."""
 
-    @pytest.fixture(scope="class")
-    @classmethod
-    def server(
-        cls, tmp_path_factory: pytest.TempPathFactory
-    ) -> Iterator[ReferenceRegistry]:
-        """The reference registry, shared by this class's tests."""
-        with running_reference_registry(tmp_path_factory.mktemp("reference")) as ref:
-            yield ref
 
-
-class TestTreescale(RegistryChecks):
+class TestTreescale(OnTreescale, RegistryChecks):
     """The same checks against a treescale tree, then what its relays hold."""
-
-    @pytest.fixture(scope="class")
-    @classmethod
-    def server(cls, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-        """A treescale tree of one registry node and three relays, for this class."""
-        with running_cluster(tmp_path_factory.mktemp("treescale")) as cluster:
-            yield cluster
 
     @pytest.fixture(scope="class")
     @classmethod
