@@ -542,9 +542,8 @@ def test_client_leaving_mid_monolithic_post_drops_the_upload() -> None:
     assert node.storage.uploads[0].aborted
 
 
-def test_client_leaving_cancels_the_blob_read() -> None:
-    """A client that hangs up during a blob read cancels the read."""
-    node = Node()
+def push_data(node: "Node") -> str:
+    """Store DATA in repository ``a`` with one monolithic POST; its digest."""
     digest = sha256_digest(DATA)
     node.exchange(
         request_head(
@@ -554,6 +553,13 @@ def test_client_leaving_cancels_the_blob_read() -> None:
         ),
         DATA,
     )
+    return digest
+
+
+def test_client_leaving_cancels_the_blob_read() -> None:
+    """A client that hangs up during a blob read cancels the read."""
+    node = Node()
+    digest = push_data(node)
     node.storage.hold_reads = True
     connection = connect(node.site)
     connection.send(request_head("GET", f"/v2/a/blobs/{digest}"))
@@ -567,15 +573,7 @@ def test_client_leaving_cancels_the_blob_read() -> None:
 def test_held_read_completes_when_released() -> None:
     """A read held by the storage answers once the storage lets it go."""
     node = Node()
-    digest = sha256_digest(DATA)
-    node.exchange(
-        request_head(
-            "POST",
-            f"/v2/a/blobs/uploads/?digest={digest}",
-            f"Content-Length: {len(DATA)}",
-        ),
-        DATA,
-    )
+    digest = push_data(node)
     node.storage.hold_reads = True
     connection = connect(node.site)
     connection.send(request_head("GET", f"/v2/a/blobs/{digest}", "Range: bytes=5-14"))
@@ -591,15 +589,7 @@ def test_held_read_completes_when_released() -> None:
 def test_read_failing_mid_body_aborts_the_response() -> None:
     """A read that fails after the body has begun aborts the connection."""
     node = Node()
-    digest = sha256_digest(DATA)
-    node.exchange(
-        request_head(
-            "POST",
-            f"/v2/a/blobs/uploads/?digest={digest}",
-            f"Content-Length: {len(DATA)}",
-        ),
-        DATA,
-    )
+    digest = push_data(node)
     node.storage.fail_reads_after = 2
     connection = connect(node.site)
     connection.send(request_head("GET", f"/v2/a/blobs/{digest}"))
