@@ -15,7 +15,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from twisted.application import strports
 from twisted.application.service import IService, MultiService
@@ -114,7 +114,7 @@ class _WithStatus(Resource):
         return json.dumps(status).encode()
 
 
-def fail_start(message: str) -> None:
+def fail_start(message: str) -> NoReturn:
     """Stop start-up with one clear line, on the terminal even where twistd has
     already sent standard error to its log."""
     terminal = sys.__stderr__ or sys.stderr

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from treescale.store.budget import ChunkBudget
@@ -199,8 +200,8 @@ class ChunkedUpload:
     def _put_done(self, _: object, index: int) -> None:
         self._settle(index)
 
-    def _put_failed(self, failure: object, index: int, ref: ChunkRef) -> None:
-        error = getattr(failure, "value", None)
+    def _put_failed(self, failure: Failure, index: int, ref: ChunkRef) -> None:
+        error = failure.value
         if not isinstance(error, CancelledError) and self._failure is None:
             self.log.error(
                 "chunk {digest} could not be stored: {why}",

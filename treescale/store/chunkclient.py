@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from treescale.bus.frames import Kind
 from treescale.bus.node import BusError, BusNode, Message, RemoteError
@@ -88,8 +89,8 @@ class ChunkClient:
             name, Kind.CHUNK_PUT, meta, data, timeout=self.settings.put_timeout
         )
 
-        def failed(failure: object) -> bool:
-            error = getattr(failure, "value", failure)
+        def failed(failure: Failure) -> bool:
+            error = failure.value
             if isinstance(error, CancelledError):
                 raise error
             self.log.warn(
@@ -239,9 +240,9 @@ class _Race:
             )
             self.client._put_one(name, self.digest, data).addErrback(lambda _: None)
 
-    def _failed(self, failure: object, name: str) -> None:
+    def _failed(self, failure: Failure, name: str) -> None:
         self.asked.pop(name, None)
-        error = getattr(failure, "value", failure)
+        error = failure.value
         if self.done.called or isinstance(error, CancelledError):
             return
         if not isinstance(error, BusError):

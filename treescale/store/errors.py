@@ -23,7 +23,3 @@ class UploadFailed(StorageError):
 
 class StorageUnavailable(StorageError):
     """Too few relays answered to read or write the data: the client may retry later."""
-
-
-class RecordConflict(StorageError):
-    """A record changed between read and write, and the caller asked to be told."""

@@ -30,7 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from treescale.bus.frames import Kind
-from treescale.bus.node import BusError, BusNode, HandlerError, Message
+from treescale.bus.node import BusNode, HandlerError, Message
 from treescale.store.errors import StorageUnavailable
 from treescale.store.placement import Holder, place
 
@@ -277,7 +277,7 @@ class RecordClient:
                 "record {kind} on {relay} failed: {why}",
                 kind=kind.name,
                 relay=name,
-                why=_why(failure),
+                why=failure.getErrorMessage(),
             )
             settle(name)
 
@@ -289,11 +289,6 @@ class RecordClient:
         if not names:
             done.callback({})
         return done
-
-
-def _why(failure: object) -> str:
-    error = getattr(failure, "value", failure)
-    return str(error) if isinstance(error, BusError | Exception) else repr(error)
 
 
 def _put_meta(key: str, stored: Stored) -> dict[str, object]:

@@ -52,7 +52,6 @@ class TreescaleNodeMaker:
             return make_process_service(topology, options["nodes"], reactor)
         except (ConfigError, ValueError) as e:
             fail_start(str(e))
-            raise
 
 
 service_maker = TreescaleNodeMaker()
