@@ -124,6 +124,9 @@ class _Inbound:
     max_data: int
     pieces: list[bytes] = field(default_factory=list)
     received: int = 0
+    # `started` is set before the handler runs, `running` once it has returned its
+    # Deferred: a handler answering at once sends its reply before `running` is
+    # set, and that reply's data must not be taken for more request data.
     started: bool = False
     running: "Deferred[None] | None" = None
     expiry: IDelayedCall | None = None
