@@ -20,12 +20,15 @@ setup(
         "klein>=23.12,<27",
         "service-identity>=23.1,<26",
         "pyOpenSSL>=23.2,<28",
+        "bcrypt>=4.0,<6",
+        "PyJWT[crypto]>=2.8,<3",
     ],
     extras_require={
         "test": [
             "pytest>=8,<10",
             "pytest-twisted>=1.14,<2",
             "hypothesis>=6.100,<7",
+            "oras>=0.2.20,<0.3",
         ],
         "lint": ["ruff>=0.6", "mypy>=1.10", "mypy-zope>=1.0", "tox>=4"],
     },
