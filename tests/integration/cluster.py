@@ -168,8 +168,13 @@ def write_topology(
     *,
     relays: Sequence[str] = RELAYS,
     chunk_size: int = TEST_CHUNK_SIZE,
+    extra: str = "",
 ) -> Topology:
-    """Write a topology file for a tree on fresh loopback ports, under `directory`."""
+    """Write a topology file for a tree on fresh loopback ports, under `directory`.
+
+    `extra` is TOML appended to the file: a test's ``[registry]`` or ``[auth]``
+    tables, say.
+    """
     names = (REGISTRY, *relays)
     http_port, *bus_ports = free_ports(1 + len(names))
     topology = Topology(
@@ -191,6 +196,9 @@ def write_topology(
     ]
     for node_id, name in enumerate(names, start=1):
         lines += ["", *_node_table(topology, name, node_id)]
+
+    if extra:
+        lines += ["", extra]
 
     directory.mkdir(parents=True, exist_ok=True)
     topology.data_dir.mkdir(exist_ok=True)
@@ -340,10 +348,13 @@ class Cluster:
 
 @contextmanager
 def running_cluster(
-    directory: Path, *, chunk_size: int = TEST_CHUNK_SIZE
+    directory: Path, *, chunk_size: int = TEST_CHUNK_SIZE, extra: str = ""
 ) -> Iterator[Cluster]:
-    """A tree started under `directory`, stopped on the way out whatever happens."""
-    topology = write_topology(directory, chunk_size=chunk_size)
+    """A tree started under `directory`, stopped on the way out whatever happens.
+
+    `extra` is TOML added to its topology file (see `write_topology`).
+    """
+    topology = write_topology(directory, chunk_size=chunk_size, extra=extra)
     cluster = Cluster(topology, directory / "logs")
     try:
         cluster.start()
