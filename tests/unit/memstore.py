@@ -1,6 +1,6 @@
 """An in-memory `Storage` for the registry's unit tests: a test double only.
 
-It keeps the protocol's promises that the registry relies on (sha256 checked in
+It keeps the protocol's promises that the registry relies on (the digest checked in
 `finish`, nothing recorded on a mismatch, `BlobUnknown` for unknown blobs, a producer
 registered on the consumer for the length of a read, cancellation that stops a read)
 but has no window: an upload never pauses its producer. Switches let a test make it
@@ -8,13 +8,11 @@ fail (`unavailable`, `fail_writes`, `fail_reads_after`) or hold reads until rele
 (`hold_reads`).
 """
 
-import hashlib
-
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from zope.interface import implementer
 
-from treescale.store.digests import sha256_digest
+from treescale.store.digests import ALGORITHM, digest_of, new_hasher
 from treescale.store.errors import (
     BlobUnknown,
     DigestMismatch,
@@ -44,10 +42,11 @@ class _ReadProducer:
 class MemoryUpload:
     """A blob being written into a `MemoryStorage`."""
 
-    def __init__(self, storage: "MemoryStorage") -> None:
+    def __init__(self, storage: "MemoryStorage", algorithm: str = ALGORITHM) -> None:
         self._storage = storage
         self._data = bytearray()
-        self._hash = hashlib.sha256()
+        self.algorithm = algorithm
+        self._hash = new_hasher(algorithm)
         self.producer: IPushProducer | None = None
         self.registrations = 0
         self.finished = False
@@ -82,7 +81,7 @@ class MemoryUpload:
         if self.aborted or self.finished:
             raise UploadFailed("the upload is over")
         self.finished = True
-        actual = "sha256:" + self._hash.hexdigest()
+        actual = f"{self.algorithm}:{self._hash.hexdigest()}"
         if actual != digest:
             raise DigestMismatch(f"the upload hashes to {actual}, not {digest}")
         self._storage.blobs[digest] = bytes(self._data)
@@ -120,8 +119,8 @@ class MemoryStorage:
         data = self.blobs.get(digest)
         return None if data is None else len(data)
 
-    def blob_upload(self) -> MemoryUpload:
-        upload = MemoryUpload(self)
+    def blob_upload(self, algorithm: str = ALGORITHM) -> MemoryUpload:
+        upload = MemoryUpload(self, algorithm)
         self.uploads.append(upload)
         return upload
 
@@ -158,9 +157,9 @@ class MemoryStorage:
             self.cancelled_reads += 1
             raise
 
-    async def blob_put(self, data: bytes) -> str:
+    async def blob_put(self, data: bytes, algorithm: str = ALGORITHM) -> str:
         self.check_available()
-        digest = sha256_digest(data)
+        digest = digest_of(data, algorithm)
         self.blobs[digest] = data
         return digest
 
@@ -174,3 +173,10 @@ class MemoryStorage:
             self.records.pop(key, None)
         else:
             self.records[key] = value
+
+    async def record_list(self, prefix: str, after: str, limit: int) -> list[str]:
+        self.check_available()
+        keys = sorted(
+            key for key in self.records if key.startswith(prefix) and key > after
+        )
+        return keys[:limit]

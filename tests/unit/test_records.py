@@ -28,6 +28,7 @@ from treescale.store.records import (
     Stored,
     Version,
     answer_record_get,
+    answer_record_list,
     answer_record_put,
 )
 from treescale.store.relay import Relay
@@ -266,9 +267,12 @@ class FakeBus:
         if dest in self.silent:
             return Deferred()
         message = Message(kind, "edge", meta, data)
-        if kind == Kind.RECORD_GET:
-            return maybeDeferred(answer_record_get, self.files[dest], message)
-        return maybeDeferred(answer_record_put, self.files[dest], message)
+        answer = {
+            Kind.RECORD_GET: answer_record_get,
+            Kind.RECORD_PUT: answer_record_put,
+            Kind.RECORD_LIST: answer_record_list,
+        }[kind]
+        return maybeDeferred(answer, self.files[dest], message)
 
     def puts_to(self) -> list[str]:
         """The relays that were sent a RECORD_PUT, in order."""

@@ -75,6 +75,7 @@ def test_relay_binds_its_handlers(tmp_path: Path) -> None:
         Kind.CHUNK_HAS,
         Kind.RECORD_GET,
         Kind.RECORD_PUT,
+        Kind.RECORD_LIST,
     }
 
 

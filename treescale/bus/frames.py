@@ -69,6 +69,7 @@ class Kind(enum.IntEnum):
     CHUNK_HAS = 18
     RECORD_GET = 19
     RECORD_PUT = 20
+    RECORD_LIST = 21
 
 
 class Flag(enum.IntFlag):

@@ -10,7 +10,6 @@ partial chunk plus `window` chunks being put; a read holds at most `window` chun
 fetched or waiting their turn to be written out.
 """
 
-import hashlib
 import json
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -24,7 +23,7 @@ from zope.interface import implementer
 
 from treescale.store.budget import ChunkBudget
 from treescale.store.chunkclient import ChunkClient
-from treescale.store.digests import ALGORITHM, sha256_digest
+from treescale.store.digests import ALGORITHM, new_hasher, sha256_digest
 from treescale.store.errors import DigestMismatch, StorageError, UploadFailed
 from treescale.store.records import RecordClient
 
@@ -98,6 +97,7 @@ class ChunkedUpload:
         chunk_size: int,
         window: int,
         budget: ChunkBudget | None = None,
+        algorithm: str = ALGORITHM,
     ) -> None:
         self._chunks = chunks
         self._budget = budget or ChunkBudget(window)
@@ -105,7 +105,8 @@ class ChunkedUpload:
         self._records = records
         self._chunk_size = chunk_size
         self._window = window
-        self._hash = hashlib.sha256()
+        self.algorithm = algorithm
+        self._hash = new_hasher(algorithm)
         self._buffer = bytearray()
         self._size = 0
         self._cut: list[ChunkRef] = []
@@ -155,7 +156,7 @@ class ChunkedUpload:
             self._buffer = bytearray()
         await self.drain()
 
-        actual = f"{ALGORITHM}:{self._hash.hexdigest()}"
+        actual = f"{self.algorithm}:{self._hash.hexdigest()}"
         if actual != digest:
             raise DigestMismatch(f"the upload hashes to {actual}, not {digest}")
         recipe = Recipe(digest, self._size, tuple(self._cut))

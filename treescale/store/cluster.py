@@ -13,7 +13,7 @@ from treescale.store.blobs import (
 )
 from treescale.store.budget import ChunkBudget
 from treescale.store.chunkclient import ChunkClient, ChunkSettings
-from treescale.store.digests import sha256_digest
+from treescale.store.digests import ALGORITHM, digest_of
 from treescale.store.errors import BlobUnknown, StorageUnavailable
 from treescale.store.placement import Holder
 from treescale.store.records import HybridClock, RecordClient
@@ -61,9 +61,14 @@ class ClusterStorage:
         recipe = await self.recipe(digest)
         return None if recipe is None else recipe.size
 
-    def blob_upload(self) -> ChunkedUpload:
+    def blob_upload(self, algorithm: str = ALGORITHM) -> ChunkedUpload:
         return ChunkedUpload(
-            self.chunks, self.records, self.chunk_size, self.window, self.budget
+            self.chunks,
+            self.records,
+            self.chunk_size,
+            self.window,
+            self.budget,
+            algorithm,
         )
 
     async def blob_read(
@@ -76,9 +81,9 @@ class ClusterStorage:
             self.chunks, recipe, start, end, consumer, self.window, self.budget
         )
 
-    async def blob_put(self, data: bytes) -> str:
-        digest = sha256_digest(data)
-        upload = self.blob_upload()
+    async def blob_put(self, data: bytes, algorithm: str = ALGORITHM) -> str:
+        digest = digest_of(data, algorithm)
+        upload = self.blob_upload(algorithm)
         upload.write(data)
         await upload.finish(digest)
         return digest
@@ -88,3 +93,6 @@ class ClusterStorage:
 
     async def record_put(self, key: str, value: bytes | None) -> None:
         await self.records.put(key, value)
+
+    async def record_list(self, prefix: str, after: str, limit: int) -> list[str]:
+        return await self.records.list_keys(prefix, after, limit)

@@ -5,7 +5,8 @@ small records by key, and streams uploads into a `BlobUpload`. The real implemen
 (`treescale.store.cluster`) spreads chunks over relays; tests of the registry use an
 in-memory one. Both are checked against these protocols.
 
-Digests are strings in the spec's form, ``sha256:<64 lowercase hex>``.
+Digests are strings in the spec's form, ``<algorithm>:<lowercase hex>``, of an
+algorithm `treescale.store.digests.ALGORITHMS` names (sha256 unless a client asks).
 """
 
 from typing import Protocol
@@ -53,8 +54,8 @@ class Storage(Protocol):
     async def blob_size(self, digest: str) -> int | None:
         """The size of a stored blob, or None when no recipe exists for it."""
 
-    def blob_upload(self) -> BlobUpload:
-        """Start a new upload."""
+    def blob_upload(self, algorithm: str = "sha256") -> BlobUpload:
+        """Start a new upload, hashing the whole blob by `algorithm` as it arrives."""
 
     async def blob_read(
         self, digest: str, start: int, end: int, consumer: IConsumer
@@ -67,7 +68,7 @@ class Storage(Protocol):
         fetches. The caller checks the range against `blob_size` first.
         """
 
-    async def blob_put(self, data: bytes) -> str:
+    async def blob_put(self, data: bytes, algorithm: str = "sha256") -> str:
         """Store a small blob held in memory (a manifest); returns its digest."""
 
     async def record_get(self, key: str) -> bytes | None:
@@ -75,3 +76,11 @@ class Storage(Protocol):
 
     async def record_put(self, key: str, value: bytes | None) -> None:
         """Write a record (None deletes it); returns once a quorum holds it."""
+
+    async def record_list(self, prefix: str, after: str, limit: int) -> list[str]:
+        """Up to `limit` keys of live records starting with `prefix`, in order,
+        each greater than `after` (``""`` for the first page).
+
+        Only keys under `treescale.store.records.LISTED_PREFIXES` can be listed:
+        relays index those alone.
+        """

@@ -14,9 +14,16 @@ On a relay, a record is one file, replaced atomically:
 holding a JSON document: the key, its version, whether it is a deletion, and the value
 in base64. A deletion is kept as a tombstone so an old replica cannot bring the value
 back.
+
+Records under `LISTED_PREFIXES` (repositories, tags, referrers) can also be listed in
+key order. Files are named by hash, so each relay keeps an index of those keys in
+memory, built from its files on the first listing and kept up to date by every write.
+A listing asks every relay, since any may hold some of the keys; see
+`RecordClient.list_keys` for why it needs all but ``quorum - 1`` of them to answer.
 """
 
 import base64
+import bisect
 import hashlib
 import json
 import os
@@ -34,12 +41,21 @@ from treescale.bus.node import BusNode, HandlerError, Message
 from treescale.store.errors import StorageUnavailable
 from treescale.store.placement import Holder, place
 
+log = Logger()
+
 MAX_RECORD_SIZE = 1024 * 1024
 MAX_VERSION_PART = 2**63 - 1
 MAX_CLOCK_SKEW = 600.0
 """Seconds a version's wall time may run ahead of a relay's clock: a version from
 far in the future would win every later write."""
 RECORD_TIMEOUT = 10.0
+
+LISTED_PREFIXES = ("repo/", "tag/", "referrer/")
+"""Key prefixes whose records relays index so they can be listed."""
+MAX_LIST_PAGE = 1000
+"""The most keys one relay returns for one listing request."""
+MAX_LIST_REPLY = 4 * 1024 * 1024
+"""Bytes one relay's listing answer may take: a full page of the longest keys."""
 
 
 @dataclass(frozen=True, order=True)
@@ -101,6 +117,20 @@ class Stored:
     value: bytes | None
 
 
+@dataclass(frozen=True)
+class Listed:
+    """One key of a listing, as one replica knows it."""
+
+    key: str
+    version: Version
+    deleted: bool
+
+
+def is_listed(key: str) -> bool:
+    """Whether relays index this key for listing."""
+    return key.startswith(LISTED_PREFIXES)
+
+
 class RecordFiles:
     """The records one relay keeps on its disk."""
 
@@ -108,6 +138,8 @@ class RecordFiles:
         self.root = root / "records"
         self.fsync = fsync
         self.root.mkdir(parents=True, exist_ok=True)
+        self._listed: dict[str, Listed] | None = None
+        self._listed_keys: list[str] = []
 
     def _path(self, key: str) -> Path:
         name = hashlib.sha256(key.encode()).hexdigest()
@@ -142,7 +174,50 @@ class RecordFiles:
                 out.flush()
                 os.fsync(out.fileno())
         os.replace(temporary, path)
+        self._index(Listed(key, stored.version, stored.value is None))
         return True
+
+    def listing(self, prefix: str, after: str, limit: int) -> tuple[list[Listed], bool]:
+        """Up to `limit` listed keys with `prefix` greater than `after`, tombstones
+        too, in key order; and whether more follow."""
+        listed = self._load_index()
+        start = max(
+            bisect.bisect_left(self._listed_keys, prefix),
+            bisect.bisect_right(self._listed_keys, after),
+        )
+        entries: list[Listed] = []
+        for key in self._listed_keys[start:]:
+            if not key.startswith(prefix):
+                return entries, False
+            if len(entries) == limit:
+                return entries, True
+            entries.append(listed[key])
+        return entries, False
+
+    def _load_index(self) -> dict[str, Listed]:
+        """The index of listed keys, read from every record file the first time."""
+        if self._listed is not None:
+            return self._listed
+
+        self._listed = {}
+        for path in self.root.glob("*/*"):
+            if path.suffix == ".part":
+                continue
+            document = json.loads(path.read_bytes())
+            key = document["key"]
+            if is_listed(key):
+                version = Version.from_list(document["version"])
+                self._listed[key] = Listed(key, version, bool(document["deleted"]))
+        self._listed_keys = sorted(self._listed)
+        return self._listed
+
+    def _index(self, entry: Listed) -> None:
+        """Keep a written key in the index, once the index exists."""
+        if self._listed is None or not is_listed(entry.key):
+            return
+        if entry.key not in self._listed:
+            bisect.insort(self._listed_keys, entry.key)
+        self._listed[entry.key] = entry
 
 
 class RecordClient:
@@ -219,6 +294,59 @@ class RecordClient:
                 f"{self.quorum} needed"
             )
 
+    async def list_keys(self, prefix: str, after: str, limit: int) -> list[str]:
+        """Up to `limit` keys of live records under `prefix` after `after`, in order.
+
+        A key was written to at least a quorum of its replicas; if fewer than a
+        quorum of all relays stay silent, at least one copy of its newest write
+        (value or tombstone) is among the answers. So a listing needs all relays but
+        ``quorum - 1`` to answer, and takes each key's newest version among them.
+        """
+        if not is_listed(prefix):
+            raise ValueError(f"records under {prefix!r} are not listed")
+
+        keys: list[str] = []
+        while len(keys) < limit:
+            live, end = await self._list_page(prefix, after, limit - len(keys))
+            keys += live
+            if end is None:
+                break
+            after = end
+        return keys[:limit]
+
+    async def _list_page(
+        self, prefix: str, after: str, limit: int
+    ) -> tuple[list[str], str | None]:
+        """One round of a listing: the live keys up to where every relay's page is
+        sure to be complete, and that key (None when no relay has more)."""
+        names = [holder.name for holder in self.holders]
+        enough = len(names) - self.quorum + 1
+        page = min(limit, MAX_LIST_PAGE)
+        meta = {"prefix": prefix, "after": after, "limit": page}
+        answers = await self._ask_quorum(
+            names, Kind.RECORD_LIST, meta, b"", MAX_LIST_REPLY, enough=enough
+        )
+        if len(answers) < enough:
+            raise StorageUnavailable(
+                f"listing {prefix!r}: {len(answers)} of {len(names)} relays answered, "
+                f"{enough} needed"
+            )
+
+        pages = [_listing_from_reply(reply) for reply in answers.values()]
+        ends = [entries[-1].key for entries, more in pages if more and entries]
+        end = min(ends) if ends else None
+        newest: dict[str, Listed] = {}
+        for entries, _ in pages:
+            for entry in entries:
+                if end is not None and entry.key > end:
+                    break
+                known = newest.get(entry.key)
+                if known is None or entry.version > known.version:
+                    newest[entry.key] = entry
+                    self.clock.observe(entry.version)
+        live = sorted(key for key, entry in newest.items() if not entry.deleted)
+        return live, end
+
     def _repair(self, key: str, newest: Stored, names: list[str]) -> None:
         self.log.info("repairing record {key} on {relays}", key=key, relays=names)
         for name in names:
@@ -247,21 +375,24 @@ class RecordClient:
         data: bytes,
         max_reply: int,
         late: Callable[[str, Message], None] | None = None,
+        enough: int | None = None,
     ) -> "Deferred[dict[str, Message]]":
-        """Ask every replica at once; fire with the answers once a quorum has
-        answered, or once every replica has answered or failed.
+        """Ask every replica at once; fire with the answers once `enough` (a
+        quorum, by default) have answered, or once every replica has answered or
+        failed.
 
         Answers after that go to `late`; the requests stay out until they end, so
         every replica still gets a write.
         """
+        wanted = self.quorum if enough is None else enough
         answers: dict[str, Message] = {}
         settled: list[str] = []
         done: Deferred[dict[str, Message]] = Deferred()
 
         def settle(name: str) -> None:
             settled.append(name)
-            enough = len(answers) >= self.quorum or len(settled) == len(names)
-            if enough and not done.called:
+            ready = len(answers) >= wanted or len(settled) == len(names)
+            if ready and not done.called:
                 done.callback(dict(answers))
 
         def answered(reply: Message, name: str) -> None:
@@ -305,6 +436,44 @@ def _stored_from_reply(reply: Message) -> Stored | None:
         return None
     value = None if reply.meta.get("deleted") else reply.data
     return Stored(Version.from_list(version), value)
+
+
+def _listing_from_reply(reply: Message) -> tuple[list[Listed], bool]:
+    """A relay's page of a listing; a malformed one counts as an empty page."""
+    try:
+        document = json.loads(reply.data)
+        entries = [
+            Listed(str(key), Version.from_list(version), bool(deleted))
+            for key, version, deleted in document["entries"]
+        ]
+        return entries, bool(document["more"])
+    except (ValueError, KeyError, TypeError) as e:
+        log.warn("unreadable listing from {relay}: {why}", relay=reply.origin, why=e)
+        return [], False
+
+
+def answer_record_list(files: RecordFiles, message: Message) -> Message:
+    """A relay's answer to RECORD_LIST: a page of its listed keys (blocking)."""
+    prefix = message.meta.get("prefix")
+    after = message.meta.get("after")
+    limit = message.meta.get("limit")
+    if not isinstance(prefix, str) or not is_listed(prefix):
+        raise HandlerError("bad_request", "listing of keys that are not listed")
+    if not isinstance(after, str) or len(after) > 1024:
+        raise HandlerError("bad_request", "listing without a valid start key")
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise HandlerError("bad_request", "listing without a page size")
+    if not 1 <= limit <= MAX_LIST_PAGE:
+        raise HandlerError("bad_request", f"page size must be 1..{MAX_LIST_PAGE}")
+
+    entries, more = files.listing(prefix, after, limit)
+    document = {
+        "entries": [
+            [entry.key, entry.version.to_list(), entry.deleted] for entry in entries
+        ],
+        "more": more,
+    }
+    return Message(Kind.REPLY, message.origin, {}, json.dumps(document).encode())
 
 
 def answer_record_get(files: RecordFiles, message: Message) -> Message:

@@ -20,6 +20,7 @@ from treescale.store.chunks import ChunkCorrupt, ChunkError, ChunkMissing, Chunk
 from treescale.store.records import (
     RecordFiles,
     answer_record_get,
+    answer_record_list,
     answer_record_put,
 )
 
@@ -50,6 +51,7 @@ class Relay:
             Kind.CHUNK_HAS: self.chunk_has,
             Kind.RECORD_GET: self.record_get,
             Kind.RECORD_PUT: self.record_put,
+            Kind.RECORD_LIST: self.record_list,
         }
         bus.handlers.update(handlers)
 
@@ -58,6 +60,9 @@ class Relay:
 
     async def record_put(self, message: Message) -> Message:
         return await self._record_work(answer_record_put, message)
+
+    async def record_list(self, message: Message) -> Message:
+        return await self._record_work(answer_record_list, message)
 
     async def _record_work(
         self, answer: Callable[[RecordFiles, Message], Message], message: Message
