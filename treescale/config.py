@@ -8,20 +8,26 @@ the node and the field, so an operator can fix the line at once.
 """
 
 import contextlib
+import dataclasses
 import difflib
 import ipaddress
 import socket
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.testing import MemoryReactor
 
+from treescale.config_error import ConfigError
+from treescale.registry.settings import RegistrySettings, parse_registry_settings
+
+__all__ = ["Address", "ConfigError", "NodeConfig", "Topology", "load", "parse"]
+
 ROLES = frozenset({"registry", "store"})
-TOP_FIELDS = frozenset({"cluster", "node"})
+TOP_FIELDS = frozenset({"cluster", "node", "registry", "auth"})
 CLUSTER_FIELDS = frozenset(
     {
         "name",
@@ -49,21 +55,6 @@ MIN_CHUNK_SIZE = 64 * 1024
 MAX_CHUNK_SIZE = 64 * 1024 * 1024
 MAX_WINDOW = 256
 MAX_BUFFER_CHUNKS = 65536
-
-
-class ConfigError(Exception):
-    """A topology file that cannot be used, with where and why in the message."""
-
-    def __init__(
-        self, source: Path | str, node: str | None, field: str | None, why: str
-    ):
-        where = f"{source}: node {node!r}" if node else f"{source}"
-        if field is not None:
-            where += f": field {field!r}"
-        super().__init__(f"{where}: {why}")
-        self.source = source
-        self.node = node
-        self.field = field
 
 
 @dataclass(frozen=True)
@@ -112,6 +103,7 @@ class Topology:
     window: int
     buffer_chunks: int
     nodes: tuple[NodeConfig, ...]
+    registry: RegistrySettings = dataclasses.field(default_factory=RegistrySettings)
 
     def node(self, name: str) -> NodeConfig:
         """The node called `name`; `ConfigError` when the file has none."""
@@ -207,6 +199,14 @@ def parse(
             MAX_BUFFER_CHUNKS,
         ),
         nodes=nodes,
+    )
+    topology = replace(
+        topology,
+        registry=parse_registry_settings(
+            _table(raw.get("registry", {}), source, None, "registry"),
+            source,
+            chunk_min_length=topology.chunk_size,
+        ),
     )
     _check_stores(topology)
     # A default asks for as many copies as there are stores, up to its value; a

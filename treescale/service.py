@@ -73,7 +73,7 @@ def make_node_service(topology: Topology, node: NodeConfig, reactor: Any) -> ISe
 def make_site(bus: BusNode, topology: Topology, node: NodeConfig, reactor: Any) -> Site:
     """The registry's HTTP site, with the node's status page beside the API."""
     storage = ClusterStorage(bus, topology, reactor)
-    registry = Registry(storage, clock=reactor)
+    registry = Registry(storage, clock=reactor, settings=topology.registry)
     site = registry_site(registry)
     site.resource = _WithStatus(site.resource, bus, storage)
     return site

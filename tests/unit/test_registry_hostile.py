@@ -260,12 +260,13 @@ def test_content_range_of_thousands_of_digits() -> None:
 
 
 def test_tag_page_sizes_of_other_digits_or_many_digits() -> None:
-    """``n`` of a non-ASCII digit is QUERY_INVALID; thousands of digits, a full page."""
+    """``n`` of a non-ASCII digit is a bad page size; thousands of digits, a full
+    page."""
     world = World()
     assert world.push_image("a", "v1").code == 201
 
     answer = world.send("GET", "/v2/a/tags/list?n=%C2%B2")
-    assert (answer.code, answer.error) == (400, "UNSUPPORTED")
+    assert (answer.code, answer.error) == (400, "PAGINATION_NUMBER_INVALID")
 
     answer = world.send("GET", f"/v2/a/tags/list?n={HUGE}")
     assert answer.code == 200

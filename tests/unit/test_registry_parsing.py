@@ -97,16 +97,25 @@ def test_malformed_digests_are_digest_invalid(digest: str) -> None:
     assert code_of(raised) == ("DIGEST_INVALID", 400)
 
 
-def test_sha512_is_digest_invalid_naming_the_algorithm() -> None:
-    """A well-formed sha512 digest is refused as DIGEST_INVALID, saying why."""
+def test_sha512_digests_are_storable() -> None:
+    """sha512 digests of 128 lowercase hex digits are taken; other lengths are not."""
     digest = "sha512:" + "a" * 128
+    assert check_digest(digest) == digest
+    with pytest.raises(ApiError) as raised:
+        check_digest("sha512:" + "a" * 64)
+    assert code_of(raised) == ("DIGEST_INVALID", 400)
+
+
+def test_other_algorithms_are_digest_invalid_naming_the_algorithm() -> None:
+    """A well-formed digest of an unknown algorithm is refused, saying why."""
+    digest = "md5:" + "a" * 32
     assert is_well_formed_digest(digest)
     with pytest.raises(ApiError) as raised:
         check_digest(digest)
     assert code_of(raised) == ("DIGEST_INVALID", 400)
     assert raised.value.detail == {
         "digest": digest,
-        "reason": "unsupported algorithm sha512",
+        "reason": "unsupported algorithm md5",
     }
 
 

@@ -9,10 +9,11 @@ The codes are the spec's list. A few entries share a code but not a status, wher
 spec asks for a status its list does not name (416 for an out-of-order chunk, 413 for
 an oversized manifest, 405 for a method an endpoint lacks, 404 for no endpoint).
 ``MANIFEST_BLOB_UNKNOWN`` is a 400, as the CNCF distribution registry has it: the
-pushed manifest is at fault, not its URL. Three codes come from outside the spec's
+pushed manifest is at fault, not its URL. Four codes come from outside the spec's
 list, as that registry uses them: ``RANGE_INVALID`` (416, a read past a blob's end),
-``UNAVAILABLE`` (503, the storage cannot answer now) and ``UNKNOWN`` (500, a bug);
-clients treat codes they do not know as ``UNKNOWN``. The spec spells the rate-limit
+``PAGINATION_NUMBER_INVALID`` (400, a bad ``n``), ``UNAVAILABLE`` (503, the storage
+cannot answer now) and ``UNKNOWN`` (500, a bug); clients treat codes they do not
+know as ``UNKNOWN``. The spec spells the rate-limit
 code ``TOOMANYREQUESTS``, without underscores.
 """
 
@@ -78,6 +79,13 @@ RANGE_INVALID = ErrorCode("RANGE_INVALID", 416, "requested range not satisfiable
 TOO_MANY_REQUESTS = ErrorCode("TOOMANYREQUESTS", 429, "too many requests")
 UNAVAILABLE = ErrorCode("UNAVAILABLE", 503, "service unavailable, retry later")
 UNKNOWN = ErrorCode("UNKNOWN", 500, "internal error")
+TAG_INVALID = ErrorCode("TAG_INVALID", 400, "manifest tag did not match URI")
+UNAUTHORIZED = ErrorCode("UNAUTHORIZED", 401, "authentication required")
+DENIED = ErrorCode("DENIED", 403, "requested access to the resource is denied")
+DELETE_DISABLED = ErrorCode("UNSUPPORTED", 405, "deletes are disabled on this registry")
+PAGINATION_NUMBER_INVALID = ErrorCode(
+    "PAGINATION_NUMBER_INVALID", 400, "invalid number of results requested"
+)
 
 ERROR_CODES: tuple[ErrorCode, ...] = (
     BLOB_UNKNOWN,
@@ -101,6 +109,11 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
     TOO_MANY_REQUESTS,
     UNAVAILABLE,
     UNKNOWN,
+    TAG_INVALID,
+    UNAUTHORIZED,
+    DENIED,
+    DELETE_DISABLED,
+    PAGINATION_NUMBER_INVALID,
 )
 
 

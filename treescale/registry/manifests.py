@@ -65,12 +65,16 @@ class Manifest:
     `blobs` are the config and layers (blobs linked in the repository); `manifests`
     the children of an index or list (manifests known in the repository); `subject`
     the manifest this one refers to, which the spec lets be pushed later.
+    `artifact_type` is what the referrers API reports: the ``artifactType`` field, or
+    else an image manifest's config media type.
     """
 
     media_type: str
     blobs: tuple[Descriptor, ...]
     manifests: tuple[Descriptor, ...]
     subject: Descriptor | None
+    artifact_type: str | None = None
+    annotations: Mapping[str, str] | None = None
 
 
 def media_type_of(content_type: str | None) -> str | None:
@@ -94,12 +98,13 @@ def parse_manifest(
     document = _decode(data)
     media_type = _media_type(document, media_type_of(content_type))
     _check_schema_version(document)
-    _check_annotations(document, "annotations")
+    annotations = _check_annotations(document, "annotations")
     subject = _optional_descriptor(document, "subject")
+    artifact_type = _optional_string(document, "artifactType")
 
     if media_type in INDEX_MEDIA_TYPES:
         children = _descriptors(document, "manifests")
-        return Manifest(media_type, (), children, subject)
+        return Manifest(media_type, (), children, subject, artifact_type, annotations)
 
     config = _descriptor(document.get("config"), "config")
     layers = _descriptors(document, "layers")
@@ -108,7 +113,14 @@ def parse_manifest(
         for layer in layers
         if layer.media_type not in NONDISTRIBUTABLE_LAYER_TYPES
     )
-    return Manifest(media_type, (config, *distributable), (), subject)
+    return Manifest(
+        media_type,
+        (config, *distributable),
+        (),
+        subject,
+        artifact_type or config.media_type,
+        annotations,
+    )
 
 
 def _invalid(field: str, reason: str) -> ApiError:
@@ -172,17 +184,30 @@ def _check_schema_version(document: Mapping[str, object]) -> None:
         raise _invalid("schemaVersion", "must be 2")
 
 
-def _check_annotations(document: Mapping[str, object], field: str) -> None:
+def _optional_string(document: Mapping[str, object], field: str) -> str | None:
+    """A field that, when present, is a non-empty string."""
+    value = document.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise _invalid(field, "must be a non-empty string")
+    return value
+
+
+def _check_annotations(
+    document: Mapping[str, object], field: str
+) -> Mapping[str, str] | None:
     """Annotations, when present, map strings to strings."""
     annotations = document.get("annotations")
     if annotations is None:
-        return
+        return None
 
     if not isinstance(annotations, dict) or not all(
         isinstance(key, str) and isinstance(value, str)
         for key, value in annotations.items()
     ):
         raise _invalid(field, "must map strings to strings")
+    return annotations
 
 
 def _descriptors(document: Mapping[str, object], field: str) -> tuple[Descriptor, ...]:

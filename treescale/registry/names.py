@@ -3,16 +3,23 @@
 Each check returns the value when it is valid and raises the spec's error when not,
 so a handler reads as a list of checks.
 
-Digests: the storage layer keys blobs by sha256 only. A digest of another algorithm
-the OCI image spec registers (sha512) is well formed but can never be stored here, so
-it is refused with ``DIGEST_INVALID`` and a detail naming the algorithm, the same
-answer as for a malformed digest: either way the client cannot use it with us, and
+Digests: blobs may be named by the algorithms the OCI image spec registers, sha256
+and sha512 (`treescale.store.digests.ALGORITHMS`), in lowercase hex of their length.
+A digest of any other algorithm is well formed but can never be stored here, so it is
+refused with ``DIGEST_INVALID`` and a detail naming the algorithm, the same answer as
+for a malformed digest: either way the client cannot use it with us, and
 ``UNSUPPORTED`` would suggest the whole operation, not the digest, is at fault.
 """
 
 import re
 
-from treescale.registry.errors import DIGEST_INVALID, NAME_INVALID, ApiError
+from treescale.registry.errors import (
+    DIGEST_INVALID,
+    NAME_INVALID,
+    TAG_INVALID,
+    ApiError,
+)
+from treescale.store.digests import ALGORITHMS
 
 DEFAULT_MAX_NAME_LENGTH = 255
 """The spec: a name including its slashes is shorter than 256 characters."""
@@ -20,7 +27,10 @@ DEFAULT_MAX_NAME_LENGTH = 255
 _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
 _NAME = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 _TAG = re.compile(r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}")
-_SHA256 = re.compile(r"sha256:[a-f0-9]{64}")
+_STORABLE = {
+    algorithm: re.compile(rf"{algorithm}:[a-f0-9]{{{length}}}")
+    for algorithm, length in ALGORITHMS.items()
+}
 _ANY_DIGEST = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
 
 
@@ -42,6 +52,16 @@ def is_tag(reference: str) -> bool:
     return _TAG.fullmatch(reference) is not None
 
 
+def check_tag(reference: str) -> str:
+    """A manifest reference that is not a digest must be a valid tag."""
+    if not is_tag(reference):
+        raise ApiError(
+            TAG_INVALID,
+            {"tag": reference[:200], "reason": "neither a valid tag nor a digest"},
+        )
+    return reference
+
+
 def is_digest_like(reference: str) -> bool:
     """Whether a manifest reference means to be a digest (tags cannot hold ':')."""
     return ":" in reference
@@ -52,13 +72,27 @@ def is_well_formed_digest(digest: str) -> bool:
     return _ANY_DIGEST.fullmatch(digest) is not None
 
 
+def check_algorithm(algorithm: str) -> str:
+    """A digest algorithm blobs may be named by."""
+    if algorithm not in ALGORITHMS:
+        raise ApiError(
+            DIGEST_INVALID,
+            {
+                "algorithm": algorithm,
+                "reason": f"unsupported algorithm; use one of {sorted(ALGORITHMS)}",
+            },
+        )
+    return algorithm
+
+
 def check_digest(digest: str) -> str:
-    """A digest this registry can store: ``sha256:`` and 64 lowercase hex digits."""
-    if _SHA256.fullmatch(digest) is not None:
+    """A digest this registry can store: a known algorithm and its lowercase hex."""
+    algorithm = digest.split(":", 1)[0]
+    pattern = _STORABLE.get(algorithm)
+    if pattern is not None and pattern.fullmatch(digest) is not None:
         return digest
 
-    if is_well_formed_digest(digest) and not digest.startswith("sha256:"):
-        algorithm = digest.split(":", 1)[0]
+    if is_well_formed_digest(digest) and pattern is None:
         raise ApiError(
             DIGEST_INVALID,
             {"digest": digest, "reason": f"unsupported algorithm {algorithm}"},

@@ -23,16 +23,22 @@ class Endpoint(Enum):
     UPLOAD = "upload"
     MANIFEST = "manifest"
     TAGS = "tags"
+    CATALOG = "catalog"
+    REFERRERS = "referrers"
 
 
 ALLOWED_METHODS: dict[Endpoint, tuple[bytes, ...]] = {
     Endpoint.VERSION: (b"GET", b"HEAD"),
-    Endpoint.BLOB: (b"GET", b"HEAD"),
+    Endpoint.BLOB: (b"GET", b"HEAD", b"DELETE"),
     Endpoint.UPLOAD_START: (b"POST",),
     Endpoint.UPLOAD: (b"GET", b"PATCH", b"PUT", b"DELETE"),
-    Endpoint.MANIFEST: (b"GET", b"HEAD", b"PUT"),
+    Endpoint.MANIFEST: (b"GET", b"HEAD", b"PUT", b"DELETE"),
     Endpoint.TAGS: (b"GET", b"HEAD"),
+    Endpoint.CATALOG: (b"GET", b"HEAD"),
+    Endpoint.REFERRERS: (b"GET", b"HEAD"),
 }
+
+CATALOG = b"_catalog"
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,9 @@ def parse_route(path: bytes) -> Route | None:
     rest = path[len(PREFIX) :]
     if not rest:
         return Route(Endpoint.VERSION)
+
+    if rest.rstrip(b"/") == CATALOG:
+        return Route(Endpoint.CATALOG)
 
     segments = _decode_segments(rest)
     if segments is None or len(segments) < 2:
@@ -94,5 +103,8 @@ def _match_tail(segments: list[str]) -> Route | None:
 
     if segments[-2] == "manifests" and segments[-1]:
         return Route(Endpoint.MANIFEST, "/".join(segments[:-2]), segments[-1])
+
+    if segments[-2] == "referrers" and segments[-1]:
+        return Route(Endpoint.REFERRERS, "/".join(segments[:-2]), segments[-1])
 
     return None

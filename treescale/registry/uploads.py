@@ -20,6 +20,7 @@ from treescale.registry.errors import (
     TOO_MANY_REQUESTS,
     ApiError,
 )
+from treescale.store.digests import ALGORITHM
 from treescale.store.interface import BlobUpload, Storage
 
 # Shortcoming: sessions live in this registry process only. A registry restart, or
@@ -99,8 +100,8 @@ class UploadSessions:
     def __contains__(self, session: UploadSession) -> bool:
         return self._sessions.get(session.uuid) is session
 
-    def open(self, repo: str) -> UploadSession:
-        """Start a session for an upload into `repo`."""
+    def open(self, repo: str, algorithm: str = ALGORITHM) -> UploadSession:
+        """Start a session for an upload into `repo`, hashed by `algorithm`."""
         if len(self._sessions) >= self._max_sessions:
             raise ApiError(
                 TOO_MANY_REQUESTS,
@@ -109,7 +110,7 @@ class UploadSessions:
             )
 
         session = UploadSession(
-            str(uuid4()), repo, self._storage.blob_upload(), self._clock
+            str(uuid4()), repo, self._storage.blob_upload(algorithm), self._clock
         )
         self._sessions[session.uuid] = session
         self._schedule_expiry(session, self._idle_timeout)

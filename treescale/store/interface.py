@@ -25,6 +25,10 @@ class BlobUpload(Protocol):
     def size(self) -> int:
         """Bytes accepted so far."""
 
+    @property
+    def algorithm(self) -> str:
+        """The digest algorithm the whole blob is hashed with."""
+
     def register_producer(self, producer: IPushProducer) -> None:
         """Pause `producer` while the window of chunk puts in flight is full."""
 
