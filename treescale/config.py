@@ -21,6 +21,7 @@ from typing import Any
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.testing import MemoryReactor
 
+from treescale.auth.settings import AuthSettings, parse_auth
 from treescale.config_error import ConfigError
 from treescale.registry.settings import RegistrySettings, parse_registry_settings
 
@@ -104,6 +105,7 @@ class Topology:
     buffer_chunks: int
     nodes: tuple[NodeConfig, ...]
     registry: RegistrySettings = dataclasses.field(default_factory=RegistrySettings)
+    auth: AuthSettings = dataclasses.field(default_factory=AuthSettings)
 
     def node(self, name: str) -> NodeConfig:
         """The node called `name`; `ConfigError` when the file has none."""
@@ -207,6 +209,7 @@ def parse(
             source,
             chunk_min_length=topology.chunk_size,
         ),
+        auth=parse_auth(raw.get("auth", {}), source, check_files=False),
     )
     _check_stores(topology)
     # A default asks for as many copies as there are stores, up to its value; a

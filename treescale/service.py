@@ -24,8 +24,13 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from treescale.auth.authenticator import TOKEN_PATH, Authenticator
+from treescale.auth.endpoint import TokenResource
+from treescale.auth.htpasswd import HtpasswdError
+from treescale.auth.keys import KeyUnusable
+from treescale.auth.settings import NONE, TOKEN, check_auth_files
 from treescale.bus.node import BusNode
-from treescale.config import NodeConfig, Topology
+from treescale.config import ConfigError, NodeConfig, Topology
 from treescale.registry.app import Registry
 from treescale.registry.app import make_site as registry_site
 from treescale.store.cluster import ClusterStorage
@@ -71,12 +76,35 @@ def make_node_service(topology: Topology, node: NodeConfig, reactor: Any) -> ISe
 
 
 def make_site(bus: BusNode, topology: Topology, node: NodeConfig, reactor: Any) -> Site:
-    """The registry's HTTP site, with the node's status page beside the API."""
+    """The registry's HTTP site, with the node's status page and, in token mode,
+    its token endpoint beside the API."""
     storage = ClusterStorage(bus, topology, reactor)
-    registry = Registry(storage, clock=reactor, settings=topology.registry)
+    authenticator = make_authenticator(topology, reactor)
+    registry = Registry(
+        storage, clock=reactor, settings=topology.registry, authenticator=authenticator
+    )
     site = registry_site(registry)
-    site.resource = _WithStatus(site.resource, bus, storage)
+    tokens = None
+    if authenticator is not None and topology.auth.mode == TOKEN:
+        tokens = TokenResource(authenticator)
+    site.resource = _WithStatus(site.resource, bus, storage, tokens)
     return site
+
+
+def make_authenticator(topology: Topology, reactor: Any) -> Authenticator | None:
+    """The logins of the ``[auth]`` table, or None when they are off.
+
+    An htpasswd file or key that cannot be used stops start-up with one line.
+    """
+    if topology.auth.mode == NONE:
+        return None
+    try:
+        check_auth_files(topology.auth, topology.source)
+        return Authenticator(topology.auth, reactor.seconds)
+    except ConfigError as e:
+        fail_start(str(e))
+    except (HtpasswdError, KeyUnusable, OSError) as e:
+        fail_start(f"{topology.source}: [auth]: {e}")
 
 
 class _Process(MultiService):
@@ -91,18 +119,29 @@ class _Process(MultiService):
 
 
 class _WithStatus(Resource):
-    """Serves ``/_treescale/status`` itself and hands every other path on."""
+    """Serves ``/_treescale/status`` and the token endpoint itself, and hands every
+    other path on."""
 
     isLeaf = True
 
-    def __init__(self, inner: Resource, bus: BusNode, storage: ClusterStorage) -> None:
+    def __init__(
+        self,
+        inner: Resource,
+        bus: BusNode,
+        storage: ClusterStorage,
+        tokens: Resource | None = None,
+    ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.inner = inner
         self.bus = bus
         self.storage = storage
+        self.tokens = tokens
 
     def render(self, request: Request) -> bytes | int:
-        if request.path.rstrip(b"/") != b"/_treescale/status":
+        path = request.path.rstrip(b"/")
+        if self.tokens is not None and path == TOKEN_PATH.encode():
+            return self.tokens.render(request)  # type: ignore[no-any-return]
+        if path != b"/_treescale/status":
             return self.inner.render(request)  # type: ignore[no-any-return]
         status = {
             "node": self.bus.me.name,

@@ -24,6 +24,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
 from tests.unit.memstore import MemoryStorage
+from treescale.auth.authenticator import Authenticator
 from treescale.registry.app import Registry, RegistrySettings
 from treescale.registry.manifests import (
     DOCKER_MANIFEST,
@@ -85,9 +86,12 @@ class World:
     storage: MemoryStorage = field(default_factory=MemoryStorage)
     clock: Clock = field(default_factory=Clock)
     events: EventLoggingObserver = field(default_factory=EventLoggingObserver)
+    authenticator: Authenticator | None = None
 
     def __post_init__(self) -> None:
-        self.registry = Registry(self.storage, self.clock, self.settings)
+        self.registry = Registry(
+            self.storage, self.clock, self.settings, self.authenticator
+        )
         self.registry.log = Logger(observer=self.events)
         self.registry.pushes.log = Logger(observer=self.events)
         self.registry.deletes.log = Logger(observer=self.events)

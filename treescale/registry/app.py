@@ -27,11 +27,17 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
+from treescale.auth.authenticator import Authenticator, Decision
+from treescale.auth.scopes import Access
+from treescale.registry.access import mount_source_access, wanted_access
 from treescale.registry.deletes import Deletes
 from treescale.registry.discovery import Discovery
 from treescale.registry.errors import (
+    DENIED,
     ENDPOINT_UNKNOWN,
     METHOD_NOT_ALLOWED,
+    NAME_INVALID,
+    UNAUTHORIZED,
     UNKNOWN,
     URL_INVALID,
     ApiError,
@@ -40,6 +46,7 @@ from treescale.registry.errors import (
 )
 from treescale.registry.http import (
     client_left,
+    header,
     is_utf8_url,
     json_response,
     set_headers,
@@ -71,8 +78,10 @@ class Registry:
         storage: Storage,
         clock: IReactorTime,
         settings: RegistrySettings | None = None,
+        authenticator: Authenticator | None = None,
     ) -> None:
         self.storage = storage
+        self.authenticator = authenticator
         self.clock = clock
         self.settings = settings or RegistrySettings()
         self.metadata = Metadata(storage)
@@ -84,7 +93,7 @@ class Registry:
         )
         self.pulls = Pulls(storage, self.metadata)
         self.pushes = Pushes(
-            storage, self.metadata, self.sessions, self.settings, clock
+            storage, self.metadata, self.sessions, self.settings, clock, self._may
         )
         self.discovery = Discovery(self.metadata, self.settings)
         self.deletes = Deletes(self.metadata, self.settings)
@@ -132,8 +141,13 @@ class Registry:
         return _ApiResource(self, self.app.resource())
 
     def refuse_url(self, request: Request) -> bytes:
-        """The answer to a request whose URL or Host is not UTF-8."""
-        error = ApiError(URL_INVALID, {"path": request.path.decode("latin-1")})
+        """The answer to a request Klein cannot route: a URL or Host that is not
+        UTF-8, or a repository name that starts with a slash."""
+        path = request.path.decode("latin-1")
+        if is_utf8_url(request):
+            error = ApiError(NAME_INVALID, {"path": path, "reason": "empty component"})
+        else:
+            error = ApiError(URL_INVALID, {"path": path})
         failure = Failure(error)  # type: ignore[no-untyped-call]
         return self._render_failure(request, failure) or b""
 
@@ -145,7 +159,15 @@ class Registry:
         return self.settings.max_manifest_size
 
     def open_body(self, request: Request) -> BodySink | None:
-        """The upload session a request's body streams into, if it is an upload."""
+        """The upload session a request's body streams into, if it is an upload.
+
+        The login is checked here, before the first byte of the body: a request
+        that may not write must not add a byte to anyone's upload.
+        """
+        route = parse_route(request.path)
+        if route is not None and (route.endpoint, request.method) in self._handlers:
+            wanted = wanted_access(route.endpoint, request.method, self._repo(route))
+            self._authorize(request, wanted)
         return self.pushes.open_body(request)
 
     async def _dispatch(self, request: Request) -> bytes | None:
@@ -165,7 +187,34 @@ class Registry:
             )
 
         repo = self._repo(route)
+        self._authorize(request, wanted_access(route.endpoint, request.method, repo))
         return await handler(request, route, repo)
+
+    def _authorize(self, request: Request, wanted: list[Access]) -> None:
+        """Let the request on only if its credentials allow what it asks for."""
+        decision = self._decide(request, wanted)
+        if decision.allowed:
+            return
+
+        if decision.status == 401:
+            challenge = {"WWW-Authenticate": decision.challenge or ""}
+            raise ApiError(UNAUTHORIZED, decision.reason, headers=challenge)
+        raise ApiError(DENIED, decision.reason)
+
+    def _may(self, request: Request, source: str) -> bool:
+        """Whether the request may pull from `source` (a mount's other repository)."""
+        return self._decide(request, [mount_source_access(source)]).allowed
+
+    def _decide(self, request: Request, wanted: list[Access]) -> Decision:
+        """The authenticator's decision on the request, or yes when logins are off."""
+        if self.authenticator is None:
+            return _OPEN
+        return self.authenticator.authorize(
+            header(request, "authorization"),
+            wanted,
+            _peer(request),
+            _base_url(request),
+        )
 
     def _repo(self, route: Route) -> str:
         """The route's repository name, validated; "" for endpoints without one."""
@@ -244,8 +293,33 @@ class Registry:
             abort()
 
 
+_OPEN = Decision(True, None, 200, None, "logins are off")
+
+
+def _peer(request: Request) -> str:
+    """The client's address, for logs of failed logins."""
+    address = request.getClientAddress()
+    return str(getattr(address, "host", address))
+
+
+def _base_url(request: Request) -> str:
+    """The URL the client used to reach this registry, without a path.
+
+    The token endpoint's default realm is under it, so a client fetches its token
+    from the same host and port it talks to.
+    """
+    scheme = "https" if request.isSecure() else "http"
+    host = header(request, "host") or request.getRequestHostname().decode("latin-1")
+    return f"{scheme}://{host}"
+
+
 class _ApiResource(Resource):
-    """The Klein resource, with URLs Klein cannot decode refused in the spec's terms."""
+    """The Klein resource, with URLs Klein cannot decode or match refused in the
+    spec's terms.
+
+    Klein's ``/v2/`` branch does not match a rest that starts with ``/``, so a
+    name with an empty first component would get Klein's own 404 page.
+    """
 
     isLeaf = True
 
@@ -256,7 +330,7 @@ class _ApiResource(Resource):
 
     def render(self, request: Request) -> bytes | int:
         """Hand a readable request to Klein; answer any other one here."""
-        if not is_utf8_url(request):
+        if not is_utf8_url(request) or request.path.startswith(b"/v2//"):
             return self._registry.refuse_url(request)
         return self._inner.render(request)  # type: ignore[no-any-return]
 

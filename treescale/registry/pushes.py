@@ -12,6 +12,7 @@ one-request upload). A manifest is hashed with the algorithm of the digest it is
 pushed by, sha256 when pushed by tag.
 """
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
@@ -58,8 +59,10 @@ class Pushes:
         sessions: UploadSessions,
         settings: RegistrySettings,
         clock: IReactorTime,
+        may_pull: Callable[[Request, str], bool] = lambda request, source: True,
     ) -> None:
         self.storage = storage
+        self.may_pull = may_pull
         self.metadata = metadata
         self.sessions = sessions
         self.settings = settings
@@ -182,7 +185,8 @@ class Pushes:
         """Link a blob of another repository into this one, if it is there to link.
 
         Without ``from``, no repository is named whose access could be checked, so
-        the registry answers with an upload session, as the spec allows.
+        the registry answers with an upload session, as the spec allows; so it
+        does when the client may not pull from ``from``.
         """
         digest = check_digest(mount)
         source = query(request, "from")
@@ -190,6 +194,9 @@ class Pushes:
             return False
 
         source = check_name(source, self.settings.max_name_length)
+        if not self.may_pull(request, source):
+            return False
+
         size = await self.storage.blob_size(digest)
         if size is None or not await self.metadata.is_linked(source, digest):
             return False

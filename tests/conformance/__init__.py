@@ -1,0 +1,1 @@
+"""The OCI Distribution Spec's conformance workflows, run against every server."""
