@@ -6,10 +6,17 @@ loopback ports and its data under the test's folder. The reference registry (CNC
 distribution) runs the same way, so the tests can prove an image and its assertions
 against a known-good server first. Every wait is bounded; every process started is
 stopped, with SIGTERM and then SIGKILL.
+
+Either server can ask for logins from one htpasswd file of the test accounts below;
+a treescale tree also gets their groups and per-repository rules.
 """
 
+import base64
 import json
 import os
+import re
+import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -19,6 +26,7 @@ import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 from typing import Protocol
 
@@ -109,6 +117,17 @@ def get_json(url: str, timeout: float = 2.0) -> object:
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     with opener.open(url, timeout=timeout) as response:
         return json.loads(response.read())
+
+
+def answers_v2(address: str, timeout: float = 2.0) -> bool:
+    """Whether a registry answers ``GET /v2/``: 200, or 401 when it wants a login."""
+    try:
+        get_json(f"http://{address}/v2/", timeout)
+    except urllib.error.HTTPError as error:
+        return error.code == HTTPStatus.UNAUTHORIZED
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def stop_process(process: "subprocess.Popen[bytes]", timeout: float) -> int:
@@ -364,10 +383,15 @@ def running_cluster(
 
 
 class ReferenceRegistry:
-    """CNCF distribution's registry on a loopback port, storing under one folder."""
+    """CNCF distribution's registry on a loopback port, storing under one folder.
 
-    def __init__(self, directory: Path) -> None:
+    Given an htpasswd file it asks every request for Basic credentials from that
+    file, and lets any user it knows do anything: it has no per-repository rules.
+    """
+
+    def __init__(self, directory: Path, htpasswd: Path | None = None) -> None:
         self.directory = directory
+        self.htpasswd = htpasswd
         self.port = free_ports(1)[0]
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -382,18 +406,27 @@ class ReferenceRegistry:
         return self.directory / "registry.log"
 
     def write_config(self) -> Path:
-        """Its own config file: loopback only, no auth, deletes on, storage here."""
+        """Its own config file: loopback only, deletes on, storage here.
+
+        Logins are on only if it was given an htpasswd file.
+        """
         config = self.directory / "config.yml"
         storage = self.directory / "data"
         storage.mkdir(parents=True, exist_ok=True)
-        config.write_text(
-            "version: 0.1\n"
-            "log: {level: info}\n"
-            "storage:\n"
-            f"  filesystem: {{rootdirectory: {json.dumps(str(storage))}}}\n"
-            "  delete: {enabled: true}\n"
-            f"http: {{addr: {json.dumps(self.address)}}}\n"
-        )
+        lines = [
+            "version: 0.1",
+            "log: {level: info}",
+            "storage:",
+            f"  filesystem: {{rootdirectory: {json.dumps(str(storage))}}}",
+            "  delete: {enabled: true}",
+            f"http: {{addr: {json.dumps(self.address)}}}",
+        ]
+        if self.htpasswd is not None:
+            path = json.dumps(str(self.htpasswd))
+            lines.append(
+                f"auth: {{htpasswd: {{realm: {REFERENCE_REALM}, path: {path}}}}}"
+            )
+        config.write_text("\n".join(lines) + "\n")
         return config
 
     def start(self, timeout: float = READY_TIMEOUT) -> None:
@@ -416,12 +449,9 @@ class ReferenceRegistry:
         while time.monotonic() < deadline:
             if self._process is None or self._process.poll() is not None:
                 raise ServerError(f"reference registry exited\n{self.log_tails()}")
-            try:
-                get_json(f"http://{self.address}/v2/")
-            except (OSError, ValueError):
-                time.sleep(POLL_INTERVAL)
-            else:
+            if answers_v2(self.address):
                 return
+            time.sleep(POLL_INTERVAL)
         raise ServerError(
             f"reference registry not up in {timeout} s\n{self.log_tails()}"
         )
@@ -442,12 +472,208 @@ class ReferenceRegistry:
 
 
 @contextmanager
-def running_reference_registry(directory: Path) -> Iterator[ReferenceRegistry]:
-    """The reference registry started under `directory`, stopped on the way out."""
+def running_reference_registry(
+    directory: Path, *, htpasswd: Path | None = None
+) -> Iterator[ReferenceRegistry]:
+    """The reference registry started under `directory`, stopped on the way out.
+
+    With `htpasswd` it asks for Basic credentials from that file.
+    """
     directory.mkdir(parents=True, exist_ok=True)
-    registry = ReferenceRegistry(directory)
+    registry = ReferenceRegistry(directory, htpasswd)
     try:
         registry.start()
         yield registry
     finally:
         registry.stop()
+
+
+# Logins. One htpasswd file, made by the real `htpasswd` tool, serves both servers;
+# treescale also reads the groups and rules below, which the reference registry has
+# no notion of: any user it knows may do anything there.
+
+# The realm the reference registry names in its Basic challenge.
+REFERENCE_REALM = "treescale-tests"
+
+# The two ways treescale asks for a login: a Basic challenge, or the Docker token
+# flow, where a client trades the password for a token at treescale's /token.
+BASIC = "basic"
+TOKEN = "token"
+
+# Repositories below this prefix are the ones the developers' group may write.
+TEAM_PREFIX = "team/"
+
+
+@dataclass(frozen=True)
+class Account:
+    """A user the servers under test know, and the password it signs in with."""
+
+    user: str
+    password: str
+
+    @property
+    def creds(self) -> str:
+        """``user:password``, as skopeo's ``--creds`` takes it."""
+        return f"{self.user}:{self.password}"
+
+
+def _new_password(user: str) -> str:
+    """A password of this run alone, so finding it in a log can only be a leak."""
+    return f"{user}-{secrets.token_urlsafe(18)}"
+
+
+# A developer: pull, push and delete below team/, nothing elsewhere.
+ALICE = Account("alice", _new_password("alice"))
+# A reader: pull anything, push and delete nothing.
+BOB = Account("bob", _new_password("bob"))
+# Known to the servers, but only ever sent a wrong password: a log line naming
+# this user can only be about a failed login.
+CAROL = Account("carol", _new_password("carol"))
+# Everything everywhere: the tests look with it at what a refused request left.
+ADMIN = Account("admin", _new_password("admin"))
+
+ACCOUNTS = (ALICE, BOB, CAROL, ADMIN)
+
+# What every wrong-password attempt sends.
+WRONG_PASSWORD = _new_password("wrong")
+
+
+def leaked_passwords(logged: str) -> list[str]:
+    """Which passwords the tests send appear in `logged`, alone or in Basic form.
+
+    The wrong password counts too, as carol's; none may ever be logged.
+    """
+    pairs = [(account.user, account.password) for account in ACCOUNTS]
+    pairs.append((CAROL.user, WRONG_PASSWORD))
+    found = []
+    for user, password in pairs:
+        basic = base64.b64encode(f"{user}:{password}".encode()).decode()
+        if password in logged or basic in logged:
+            found.append(f"{user}'s password {password!r}")
+    return found
+
+
+@dataclass(frozen=True)
+class AccessRule:
+    """What the members of some groups may do to the repositories named."""
+
+    repositories: tuple[str, ...]
+    groups: tuple[str, ...]
+    actions: tuple[str, ...]
+
+
+GROUPS = {
+    "devs": (ALICE.user, CAROL.user),
+    "readers": (BOB.user,),
+    "admins": (ADMIN.user,),
+}
+
+RULES = (
+    AccessRule((f"{TEAM_PREFIX}**",), ("devs",), ("pull", "push", "delete")),
+    AccessRule(("**",), ("readers",), ("pull",)),
+    AccessRule(("**",), ("admins",), ("pull", "push", "delete")),
+)
+
+
+def write_htpasswd(path: Path, accounts: Sequence[Account] = ACCOUNTS) -> Path:
+    """Write a bcrypt htpasswd file of `accounts` with the real tool; its path."""
+    if shutil.which("htpasswd") is None:
+        raise ServerError("htpasswd is not installed (scripts/install adds it)")
+
+    entries = []
+    for account in accounts:
+        result = subprocess.run(
+            ["htpasswd", "-Bbn", account.user, account.password],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        if result.returncode != 0:
+            raise ServerError(f"htpasswd for {account.user}: {result.stderr}")
+        entries.append(result.stdout.strip())
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(entries) + "\n")
+    return path
+
+
+def _toml_strings(values: Sequence[str]) -> str:
+    """A TOML array of basic strings."""
+    return "[" + ", ".join(_toml_string(value) for value in values) + "]"
+
+
+def auth_tables(mode: str, htpasswd: Path, *, anonymous_pull: bool = False) -> str:
+    """The ``[auth]`` tables that turn logins on in a treescale topology file."""
+    lines = [
+        "[auth]",
+        f"mode = {_toml_string(mode)}",
+        f"htpasswd = {_toml_string(str(htpasswd))}",
+        f"anonymous_pull = {'true' if anonymous_pull else 'false'}",
+        "",
+        "[auth.groups]",
+        *(f"{group} = {_toml_strings(users)}" for group, users in GROUPS.items()),
+    ]
+    for rule in RULES:
+        lines += [
+            "",
+            "[[auth.rule]]",
+            f"repositories = {_toml_strings(rule.repositories)}",
+            f"groups = {_toml_strings(rule.groups)}",
+            f"actions = {_toml_strings(rule.actions)}",
+        ]
+    return "\n".join(lines)
+
+
+# One request in an access log, twisted.web's or the reference registry's (both
+# write the combined format): the quoted request line, then the status.
+ACCESS_REQUEST = re.compile(
+    r'"(?P<method>[A-Z]+) (?P<path>\S*) HTTP/\d\.\d" (?P<status>\d{3}) '
+)
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request an access log recorded."""
+
+    method: str
+    path: str
+    status: int
+
+
+def access_requests(text: str) -> list[Request]:
+    """The requests of an access log, in the order they were logged."""
+    return [
+        Request(found["method"], found["path"], int(found["status"]))
+        for found in ACCESS_REQUEST.finditer(text)
+    ]
+
+
+def event_lines(text: str) -> list[str]:
+    """The lines of a log that are not access-log lines: what the code chose to say.
+
+    A request line holds the query string, which for a token request names the
+    user; only the lines left say something the server decided to log.
+    """
+    return [line for line in text.splitlines() if not ACCESS_REQUEST.search(line)]
+
+
+@contextmanager
+def running_reference_with_logins(directory: Path) -> Iterator[ReferenceRegistry]:
+    """The reference registry asking for logins from a new htpasswd of `ACCOUNTS`."""
+    htpasswd = write_htpasswd(directory / "htpasswd")
+    with running_reference_registry(directory / "server", htpasswd=htpasswd) as ref:
+        yield ref
+
+
+@contextmanager
+def running_cluster_with_logins(
+    directory: Path, mode: str, *, anonymous_pull: bool = False
+) -> Iterator[Cluster]:
+    """A tree asking for logins in `mode`, from a new htpasswd of `ACCOUNTS`.
+
+    Its groups and rules are `GROUPS` and `RULES`.
+    """
+    htpasswd = write_htpasswd(directory / "htpasswd")
+    tables = auth_tables(mode, htpasswd, anonymous_pull=anonymous_pull)
+    with running_cluster(directory / "cluster", extra=tables) as cluster:
+        yield cluster

@@ -10,9 +10,12 @@ so nothing of the machine's container set-up takes part. Every wait is bounded, 
 stopping dockerd also ends what it started (its containerd).
 
 The module also holds the plain HTTP requests a test makes to see what a registry
-answers for a manifest or a blob, never through a proxy.
+answers for a manifest or a blob, never through a proxy. Given an account, a request
+answers the registry's challenge the way the engines do: Basic credentials, or a
+token fetched from the realm a Bearer challenge names.
 """
 
+import base64
 import hashlib
 import json
 import os
@@ -24,14 +27,16 @@ import subprocess
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from http import HTTPStatus
 from pathlib import Path
 
-from .cluster import POLL_INTERVAL, stop_process, tail
-from .images import INSECURE_POLICY, MiB, OciImage, Skopeo
+from .cluster import POLL_INTERVAL, Account, stop_process, tail
+from .images import INSECURE_POLICY, MiB, OciImage, Skopeo, sha256_digest
 
 COMMAND_TIMEOUT = 120.0
 DAEMON_TIMEOUT = 30.0
@@ -58,8 +63,33 @@ PULLED_DIGEST = re.compile(r"^Digest: (sha256:[0-9a-f]{64})$", re.MULTILINE)
 LOADED_IMAGE = re.compile(r"^Loaded image: (\S+)$", re.MULTILINE)
 
 
+# How the clients tell that a registry refused the credentials, or wanted some:
+# docker says "401 Unauthorized" or "no basic auth credentials", and renders a 401
+# met with a token it holds as "requested access to the resource is denied";
+# podman and skopeo say "invalid username/password", "unauthorized" or
+# "authentication required".
+LOGIN_REFUSED = re.compile(
+    r"\b401\b|unauthorized|authentication required|no basic auth credentials"
+    r"|invalid username/password|requested access to the resource is denied",
+    re.IGNORECASE,
+)
+
+# How they tell that a signed-in user may not do what it asked: a 403 DENIED, or
+# a 401 when the registry answers a token that lacks the access.
+ACCESS_DENIED = re.compile(
+    r"denied|forbidden|\b403\b|\b401\b|unauthorized", re.IGNORECASE
+)
+
+
 class EngineError(Exception):
-    """A podman or docker command, or dockerd itself, did not do what it should."""
+    """A podman or docker command, or dockerd itself, did not do what it should.
+
+    `stderr` is what a failed command itself said, apart from its command line.
+    """
+
+    def __init__(self, message: str, stderr: str = "") -> None:
+        super().__init__(message)
+        self.stderr = stderr
 
 
 @dataclass(frozen=True)
@@ -121,17 +151,33 @@ def engine_environment(home: Path, **extra: str) -> dict[str, str]:
 
 
 def _run(
-    command: list[str], environment: Mapping[str, str], timeout: float
+    command: list[str],
+    environment: Mapping[str, str],
+    timeout: float,
+    stdin_text: str | None = None,
 ) -> "subprocess.CompletedProcess[str]":
-    """Run one engine command; what it did, whatever its exit code."""
+    """Run one engine command; what it did, whatever its exit code.
+
+    `stdin_text` is what the command reads on its standard input (a password, so
+    it never shows in the process list); without it, the input is empty.
+    """
     if shutil.which(command[0]) is None:
         raise EngineError(f"{command[0]} is not installed (scripts/install adds it)")
+    if stdin_text is None:
+        return subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            env=dict(environment),
+            stdin=subprocess.DEVNULL,
+            timeout=timeout,
+        )
     return subprocess.run(
         command,
         capture_output=True,
         text=True,
         env=dict(environment),
-        stdin=subprocess.DEVNULL,
+        input=stdin_text,
         timeout=timeout,
     )
 
@@ -140,7 +186,9 @@ def _checked(result: "subprocess.CompletedProcess[str]") -> str:
     """The standard output of a command that had to succeed."""
     if result.returncode != 0:
         command = " ".join(str(part) for part in result.args)
-        raise EngineError(f"{command}: exit {result.returncode}: {result.stderr}")
+        raise EngineError(
+            f"{command}: exit {result.returncode}: {result.stderr}", result.stderr
+        )
     return result.stdout
 
 
@@ -154,9 +202,14 @@ def _one_match(pattern: re.Pattern[str], output: str, what: str) -> str:
 
 @dataclass(frozen=True)
 class Podman:
-    """podman with its own vfs store, run root, policy and settings under `home`."""
+    """podman with its own vfs store, run root, policy and settings under `home`.
+
+    Its credentials live in `auth_file`, ``home/auth.json`` unless named: podmans
+    of one store with files of their own act for different users.
+    """
 
     home: Path
+    auth_file: Path | None = None
 
     @classmethod
     def in_directory(cls, home: Path) -> "Podman":
@@ -182,10 +235,33 @@ class Podman:
             CONTAINERS_CONF=str(self.home / "containers.conf"),
             CONTAINERS_STORAGE_CONF=str(self.home / "storage.conf"),
             CONTAINERS_REGISTRIES_CONF=str(self.home / "registries.conf"),
-            REGISTRY_AUTH_FILE=str(self.home / "auth.json"),
+            REGISTRY_AUTH_FILE=str(self.auth_file or self.home / "auth.json"),
         )
 
-    def run(self, *arguments: str) -> "subprocess.CompletedProcess[str]":
+    def with_credentials(self, name: str) -> "Podman":
+        """This podman's store with a credentials file of its own, empty at first."""
+        auth_file = self.home / f"auth-{name}.json"
+        if not auth_file.exists():
+            auth_file.write_text("{}")
+        return replace(self, auth_file=auth_file)
+
+    def login(self, address: str, account: Account) -> None:
+        """Sign in to a registry over plain HTTP, the password given on stdin."""
+        _checked(
+            self.run(
+                "login",
+                "--tls-verify=false",
+                "--username",
+                account.user,
+                "--password-stdin",
+                address,
+                stdin_text=account.password,
+            )
+        )
+
+    def run(
+        self, *arguments: str, stdin_text: str | None = None
+    ) -> "subprocess.CompletedProcess[str]":
         """Run one podman command against this store, whatever its exit code."""
         command = [
             "podman",
@@ -203,7 +279,7 @@ class Podman:
             "file",
             *arguments,
         ]
-        return _run(command, self.environment(), COMMAND_TIMEOUT)
+        return _run(command, self.environment(), COMMAND_TIMEOUT, stdin_text)
 
     def check(self, *arguments: str) -> str:
         """Run one podman command that must succeed; its standard output."""
@@ -260,10 +336,12 @@ class Docker:
         """The variables docker runs with: no proxies, no machine settings."""
         return engine_environment(self.home, DOCKER_CONFIG=str(self.home / "config"))
 
-    def run(self, *arguments: str) -> "subprocess.CompletedProcess[str]":
+    def run(
+        self, *arguments: str, stdin_text: str | None = None
+    ) -> "subprocess.CompletedProcess[str]":
         """Run one docker command against the daemon, whatever its exit code."""
         command = ["docker", "--host", self.host, *arguments]
-        return _run(command, self.environment(), COMMAND_TIMEOUT)
+        return _run(command, self.environment(), COMMAND_TIMEOUT, stdin_text)
 
     def check(self, *arguments: str) -> str:
         """Run one docker command that must succeed; its standard output."""
@@ -297,6 +375,58 @@ class Docker:
     def inspect(self, reference: str) -> LocalImage:
         """What the daemon knows of an image by name or id."""
         return local_image(self.check("image", "inspect", reference))
+
+    def login(self, address: str, account: Account) -> None:
+        """Sign in to a registry, the password given on stdin; kept in DOCKER_CONFIG."""
+        _checked(
+            self.run(
+                "login",
+                "--username",
+                account.user,
+                "--password-stdin",
+                address,
+                stdin_text=account.password,
+            )
+        )
+
+    def saved_logins(self) -> dict[str, object]:
+        """The registries, with their entries, that this client keeps a login for."""
+        config = json.loads((self.home / "config" / "config.json").read_text())
+        return dict(config.get("auths") or {})
+
+    def run_image(self, reference: str) -> str:
+        """Run an image's own command in a new container with no network; its output."""
+        return self.check("run", "--rm", "--network", "none", reference)
+
+
+@dataclass(frozen=True)
+class DockerRoundTrip:
+    """An image as docker loaded it, pushed it, forgot it and pulled it back."""
+
+    loaded: LocalImage
+    pushed_digest: str
+    gone_before_pull: bool
+    pulled_digest: str
+    pulled: LocalImage
+
+
+def docker_round_trip(
+    docker: "Docker", archive: Path, reference: str
+) -> DockerRoundTrip:
+    """Load a docker-archive into dockerd, push it as `reference`, remove it
+    locally, and pull it back."""
+    loaded_name = docker.load(archive)
+    loaded = docker.inspect(loaded_name)
+    docker.tag(loaded_name, reference)
+    pushed_digest = docker.push(reference)
+
+    docker.remove(reference, loaded_name)
+    gone = not docker.has_image(loaded.image_id)
+
+    pulled_digest = docker.pull(reference)
+    return DockerRoundTrip(
+        loaded, pushed_digest, gone, pulled_digest, docker.inspect(reference)
+    )
 
 
 def write_docker_archive(
@@ -413,12 +543,17 @@ class DockerDaemon:
         """Where the daemon's output goes."""
         return self.directory / "dockerd.log"
 
-    def client(self) -> Docker:
-        """A docker command line for this daemon, with its settings in the folder."""
-        home = self.directory / "client"
-        for name in ("tmp", "config"):
-            (home / name).mkdir(parents=True, exist_ok=True)
-        (home / "config" / "config.json").write_text("{}")
+    def client(self, name: str = "client") -> Docker:
+        """A docker command line for this daemon, with settings of its own.
+
+        Clients of different names keep different logins: one daemon serves them all.
+        """
+        home = self.directory / name
+        for folder in ("tmp", "config"):
+            (home / folder).mkdir(parents=True, exist_ok=True)
+        settings = home / "config" / "config.json"
+        if not settings.exists():
+            settings.write_text("{}")
         return Docker(self.host, home)
 
     def write_config(self) -> Path:
@@ -549,33 +684,184 @@ class ManifestAnswer:
     body: bytes
 
 
+@dataclass(frozen=True)
+class HttpAnswer:
+    """What a registry answered to one request: status, headers and whole body.
+
+    `authorization` is the ``Authorization`` value the answered request carried,
+    for the next request of the same client to send from the start.
+    """
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    authorization: str | None = None
+
+    def header(self, name: str) -> str | None:
+        """One header's value, whatever the case of its name; None if absent."""
+        return self.headers.get(name.lower())
+
+    def json(self) -> object:
+        """The body, decoded as JSON."""
+        return json.loads(self.body)
+
+
+@dataclass(frozen=True)
+class Challenge:
+    """One ``WWW-Authenticate`` challenge: its scheme and its parameters."""
+
+    scheme: str
+    params: Mapping[str, str]
+
+
+CHALLENGE_PARAM = re.compile(r'([A-Za-z_]+)="([^"]*)"')
+
+
+def parse_challenge(header: str) -> Challenge:
+    """The scheme and quoted parameters of a single ``WWW-Authenticate`` value."""
+    scheme, _, rest = header.strip().partition(" ")
+    return Challenge(scheme.lower(), dict(CHALLENGE_PARAM.findall(rest)))
+
+
+def basic_authorization(account: Account) -> str:
+    """The ``Authorization`` value that sends an account's password in Basic form."""
+    pair = f"{account.user}:{account.password}".encode()
+    return "Basic " + base64.b64encode(pair).decode("ascii")
+
+
 def _no_proxy_opener() -> urllib.request.OpenerDirector:
     """A URL opener that never goes through a proxy."""
     return urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def request_manifest(
-    address: str, repository: str, reference: str, method: str = "GET"
-) -> ManifestAnswer:
-    """Ask for a manifest by tag or digest the way docker does, with its Accept."""
-    request = urllib.request.Request(
-        f"http://{address}/v2/{repository}/manifests/{reference}",
-        method=method,
-        headers={"Accept": ", ".join(MANIFEST_TYPES)},
-    )
+def _exchange(request: urllib.request.Request, timeout: float) -> HttpAnswer:
+    """Send one request; its answer, error statuses included."""
     try:
-        response = _no_proxy_opener().open(request, timeout=10)
+        response = _no_proxy_opener().open(request, timeout=timeout)
     except urllib.error.HTTPError as error:
         response = error
     with response:
-        length = response.headers.get("Content-Length")
-        return ManifestAnswer(
-            status=response.status,
-            content_type=response.headers.get("Content-Type"),
-            digest=response.headers.get("Docker-Content-Digest"),
-            length=None if length is None else int(length),
-            body=response.read(),
+        headers = {name.lower(): value for name, value in response.headers.items()}
+        return HttpAnswer(
+            response.status,
+            headers,
+            response.read(),
+            request.get_header("Authorization"),
         )
+
+
+def fetch_token(address: str, challenge: Challenge, account: Account | None) -> str:
+    """A token from the realm of a Bearer challenge: for `account`, or anonymous.
+
+    The realm must be the registry's own address: a test sends nothing elsewhere.
+    """
+    realm = urllib.parse.urlsplit(challenge.params.get("realm", ""))
+    if realm.scheme != "http" or realm.netloc != address:
+        raise EngineError(f"token realm {realm.geturl()!r} is not http://{address}")
+
+    query = {
+        name: challenge.params[name]
+        for name in ("service", "scope")
+        if name in challenge.params
+    }
+    url = urllib.parse.urlunsplit(
+        (realm.scheme, realm.netloc, realm.path, urllib.parse.urlencode(query), "")
+    )
+    headers = {} if account is None else {"Authorization": basic_authorization(account)}
+    answer = _exchange(urllib.request.Request(url, headers=headers), timeout=10)
+    if answer.status != HTTPStatus.OK:
+        raise EngineError(f"GET {url} gave {answer.status}: {answer.body!r}")
+
+    body = answer.json()
+    token = None
+    if isinstance(body, dict):
+        token = body.get("token") or body.get("access_token")
+    if not isinstance(token, str) or not token:
+        raise EngineError(f"GET {url} gave no token: {answer.body!r}")
+    return token
+
+
+def _authorization(
+    address: str, challenge: Challenge, account: Account | None
+) -> str | None:
+    """The ``Authorization`` value answering `challenge`; None if there is none."""
+    if challenge.scheme == "bearer":
+        return "Bearer " + fetch_token(address, challenge, account)
+    if challenge.scheme == "basic" and account is not None:
+        return basic_authorization(account)
+    return None
+
+
+def send(
+    address: str,
+    method: str,
+    path: str,
+    *,
+    account: Account | None = None,
+    headers: Mapping[str, str] | None = None,
+    body: bytes | None = None,
+    timeout: float = 30,
+    authenticate: bool = True,
+    authorization: str | None = None,
+) -> HttpAnswer:
+    """One request to a registry; on a 401, answer its challenge once and retry.
+
+    `path` may also be a whole URL the registry gave (an upload's Location), if it
+    is on the same address. Without an account a Bearer challenge still gets an
+    anonymous token, as the engines ask for one; a Basic challenge is the answer.
+    With `authenticate` off, the first answer is the answer, challenge and all.
+    An `authorization` from an earlier answer goes with the first try, as an engine
+    sends what its last challenge taught it.
+    """
+    url = path if path.startswith("http://") else f"http://{address}{path}"
+    if urllib.parse.urlsplit(url).netloc != address:
+        raise EngineError(f"{url} is not on the registry under test, {address}")
+    sent = dict(headers or {})
+    if authorization is not None:
+        sent["Authorization"] = authorization
+    answer = _exchange(
+        urllib.request.Request(url, data=body, headers=sent, method=method), timeout
+    )
+    challenge_header = answer.header("WWW-Authenticate")
+    if not authenticate or challenge_header is None:
+        return answer
+    if answer.status != HTTPStatus.UNAUTHORIZED:
+        return answer
+
+    answered = _authorization(address, parse_challenge(challenge_header), account)
+    if answered is None:
+        return answer
+    sent["Authorization"] = answered
+    return _exchange(
+        urllib.request.Request(url, data=body, headers=sent, method=method), timeout
+    )
+
+
+def request_manifest(
+    address: str,
+    repository: str,
+    reference: str,
+    method: str = "GET",
+    *,
+    account: Account | None = None,
+) -> ManifestAnswer:
+    """Ask for a manifest by tag or digest the way docker does, with its Accept."""
+    answer = send(
+        address,
+        method,
+        f"/v2/{repository}/manifests/{reference}",
+        account=account,
+        headers={"Accept": ", ".join(MANIFEST_TYPES)},
+        timeout=10,
+    )
+    length = answer.header("Content-Length")
+    return ManifestAnswer(
+        status=answer.status,
+        content_type=answer.header("Content-Type"),
+        digest=answer.header("Docker-Content-Digest"),
+        length=None if length is None else int(length),
+        body=answer.body,
+    )
 
 
 def blob_digest(address: str, repository: str, digest: str) -> tuple[str, int]:
@@ -588,3 +874,86 @@ def blob_digest(address: str, repository: str, digest: str) -> tuple[str, int]:
             hasher.update(piece)
             size += len(piece)
     return "sha256:" + hasher.hexdigest(), size
+
+
+def location_url(address: str, location: str) -> str:
+    """The whole URL of an upload's ``Location``, which may be relative."""
+    return urllib.parse.urljoin(f"http://{address}/v2/", location)
+
+
+def with_digest(url: str, digest: str) -> str:
+    """An upload URL with the ``digest`` parameter that completes it."""
+    separator = "&" if "?" in url else "?"
+    return f"{url}{separator}digest={urllib.parse.quote(digest)}"
+
+
+def upload_blob(
+    address: str, repository: str, data: bytes, account: Account | None = None
+) -> str:
+    """Store `data` as a blob with a POST and one PUT; its digest.
+
+    The PUT carries from the start what answered the POST's challenge, as engines
+    do, so its body is sent once.
+    """
+    digest = sha256_digest(data)
+    uploads = f"/v2/{repository}/blobs/uploads/"
+    started = send(address, "POST", uploads, account=account, body=b"")
+    location = started.header("Location")
+    if started.status != HTTPStatus.ACCEPTED or location is None:
+        raise EngineError(f"POST {uploads} gave {started.status}: {started.body!r}")
+
+    finished = send(
+        address,
+        "PUT",
+        with_digest(location_url(address, location), digest),
+        account=account,
+        headers={"Content-Type": "application/octet-stream"},
+        body=data,
+        authorization=started.authorization,
+    )
+    if finished.status != HTTPStatus.CREATED:
+        raise EngineError(f"PUT of {digest} gave {finished.status}: {finished.body!r}")
+    return digest
+
+
+def put_manifest(
+    address: str,
+    repository: str,
+    reference: str,
+    manifest: bytes,
+    media_type: str,
+    account: Account | None = None,
+) -> HttpAnswer:
+    """PUT a manifest by tag or digest; the registry's answer, whatever it is."""
+    return send(
+        address,
+        "PUT",
+        f"/v2/{repository}/manifests/{reference}",
+        account=account,
+        headers={"Content-Type": media_type},
+        body=manifest,
+    )
+
+
+def found_in_repository(
+    address: str,
+    repository: str,
+    tag: str,
+    digests: Sequence[str],
+    account: Account,
+) -> list[str]:
+    """What `account` finds of a tag and some blobs in `repository`, one line each.
+
+    A push that was refused must leave nothing: the list is then empty, since
+    only a 404 counts as absent.
+    """
+    found = []
+    manifest = request_manifest(address, repository, tag, account=account)
+    if manifest.status != HTTPStatus.NOT_FOUND:
+        found.append(f"manifest {tag}: {manifest.status}")
+    for digest in digests:
+        path = f"/v2/{repository}/blobs/{digest}"
+        answer = send(address, "HEAD", path, account=account)
+        if answer.status != HTTPStatus.NOT_FOUND:
+            found.append(f"blob {digest}: {answer.status}")
+    return found

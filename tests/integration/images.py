@@ -7,6 +7,10 @@ the builder takes whichever source trees exist and keeps adding layers until the
 compressed layers reach the size asked for. `read_image` turns an OCI layout back
 into the digests a test compares after a round trip through a registry, and `Skopeo`
 runs that round trip with a real client, isolated from the machine's own settings.
+
+`build_runnable_image` makes the one image here a container can run: a static
+busybox as its shell, and a message file in a layer of its own that the image's
+command prints, so a container's output proves both layers and the config came back.
 """
 
 import hashlib
@@ -16,8 +20,10 @@ import shutil
 import subprocess
 import sysconfig
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+from .cluster import Account
 
 MiB = 1024 * 1024
 
@@ -36,7 +42,14 @@ class ImageBuildError(Exception):
 
 
 class SkopeoError(Exception):
-    """A skopeo command that should have worked exited with an error."""
+    """A skopeo command that should have worked exited with an error.
+
+    `stderr` is what skopeo itself said, apart from the command line.
+    """
+
+    def __init__(self, message: str, stderr: str = "") -> None:
+        super().__init__(message)
+        self.stderr = stderr
 
 
 @dataclass(frozen=True)
@@ -69,6 +82,11 @@ class OciImage:
         """Manifest, config and layers: every blob a pull must bring back."""
         return (self.manifest, self.config, *self.layers)
 
+    @property
+    def content_digests(self) -> tuple[str, ...]:
+        """Digests of the config and layers: the blobs a push uploads first."""
+        return (self.config.digest, *(layer.digest for layer in self.layers))
+
 
 @dataclass(frozen=True)
 class LayerSource:
@@ -82,6 +100,11 @@ def blob_path(layout: Path, digest: str) -> Path:
     """Where an OCI layout keeps the blob named by `digest`."""
     algorithm, _, encoded = digest.partition(":")
     return layout / "blobs" / algorithm / encoded
+
+
+def sha256_digest(data: bytes) -> str:
+    """The digest, in the spec's form, of some bytes."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def sha256_file(path: Path) -> str:
@@ -281,6 +304,75 @@ def build_image(
     return image
 
 
+# Debian's busybox-static: one static binary, so the image needs no libraries.
+STATIC_BUSYBOX = Path("/usr/bin/busybox")
+
+# Where a runnable image keeps the line its command prints.
+MESSAGE_PATH = Path("etc/treescale/message")
+
+# The image's command: shell builtins only, as only /bin/sh links to busybox.
+PRINT_MESSAGE = ("/bin/sh", "-c", f'read -r line < /{MESSAGE_PATH} && echo "$line"')
+
+
+def _is_static_executable(path: Path) -> bool:
+    """Whether `path` is an ELF file naming no dynamic loader, as a static one does."""
+    try:
+        header = path.read_bytes()[:4096]
+    except OSError:
+        return False
+    return header.startswith(b"\x7fELF") and b"/ld-linux" not in header
+
+
+def build_runnable_image(workdir: Path, tag: str, message: str) -> OciImage:
+    """Build a two-layer image whose command prints `message` and exits.
+
+    The first layer holds ``/bin/busybox`` and ``/bin/sh`` linking to it, the
+    second the message file; the OCI layout goes to ``workdir/layout``.
+    """
+    if not _is_static_executable(STATIC_BUSYBOX):
+        raise ImageBuildError(
+            f"{STATIC_BUSYBOX} is not a static busybox (scripts/install adds one)"
+        )
+
+    layout = workdir / "layout"
+    bundle = workdir / "bundle"
+    image_ref = f"{layout}:{tag}"
+    rootless = ["--rootless"] if os.geteuid() != 0 else []
+    _umoci("init", "--layout", str(layout))
+    _umoci("new", "--image", image_ref)
+    _umoci("unpack", *rootless, "--image", image_ref, str(bundle))
+
+    binaries = bundle / "rootfs" / "bin"
+    binaries.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(STATIC_BUSYBOX, binaries / "busybox")
+    (binaries / "sh").symlink_to("busybox")
+    _repack(image_ref, bundle, "static busybox as /bin/sh")
+
+    message_file = bundle / "rootfs" / MESSAGE_PATH
+    message_file.parent.mkdir(parents=True, exist_ok=True)
+    message_file.write_text(message + "\n")
+    _repack(image_ref, bundle, "the message the image prints")
+
+    command = [f"--config.cmd={part}" for part in PRINT_MESSAGE]
+    _umoci("config", *command, "--image", image_ref)
+    shutil.rmtree(bundle)
+    _umoci("gc", "--layout", str(layout))
+    return read_image(layout, tag)
+
+
+def _repack(image_ref: str, bundle: Path, comment: str) -> None:
+    """Add what changed in the bundle since the last layer as one new layer."""
+    _umoci(
+        "repack",
+        "--refresh-bundle",
+        "--history.comment",
+        comment,
+        "--image",
+        image_ref,
+        str(bundle),
+    )
+
+
 # skopeo remembers, machine-wide for root, which registries already hold which blobs,
 # and then skips their uploads.
 ROOT_BLOB_INFO_CACHE = Path("/var/lib/containers/cache/blob-info-cache-v1.boltdb")
@@ -294,10 +386,12 @@ class Skopeo:
 
     Nothing of the machine's container configuration (registries, mirrors,
     credentials, signature stores) reaches the client, so only the registry under
-    test decides what a command sees.
+    test decides what a command sees. With an `account`, every command that talks
+    to a registry signs in with it (``--creds``); without one, none does.
     """
 
     home: Path
+    account: Account | None = None
 
     @classmethod
     def in_directory(cls, home: Path) -> "Skopeo":
@@ -308,6 +402,14 @@ class Skopeo:
         (home / "registries.conf").write_text("")
         (home / "auth.json").write_text("{}")
         return cls(home)
+
+    def signed_in(self, account: Account | None) -> "Skopeo":
+        """The same client, signing in with `account` (or with nothing, if None)."""
+        return replace(self, account=account)
+
+    def _creds(self, option: str) -> list[str]:
+        """`option` with the account's ``user:password``; nothing if anonymous."""
+        return [] if self.account is None else [f"{option}={self.account.creds}"]
 
     def environment(self) -> dict[str, str]:
         """The variables skopeo runs with: no proxies, every path under home."""
@@ -349,7 +451,7 @@ class Skopeo:
         result = self.run(*arguments)
         if result.returncode != 0:
             error = result.stderr.decode(errors="replace").strip()
-            raise SkopeoError(f"skopeo {' '.join(arguments)}: {error}")
+            raise SkopeoError(f"skopeo {' '.join(arguments)}: {error}", error)
         return result.stdout
 
     def push(self, image: OciImage, reference: str) -> None:
@@ -358,6 +460,7 @@ class Skopeo:
         self.check(
             "copy",
             "--dest-tls-verify=false",
+            *self._creds("--dest-creds"),
             f"oci:{image.layout}:{image.tag}",
             f"docker://{reference}",
         )
@@ -367,6 +470,7 @@ class Skopeo:
         self.check(
             "copy",
             "--src-tls-verify=false",
+            *self._creds("--src-creds"),
             f"docker://{reference}",
             f"oci:{layout}:{tag}",
         )
@@ -375,15 +479,47 @@ class Skopeo:
     def inspect_raw(self, reference: str) -> bytes:
         """The manifest bytes the registry serves for `reference`."""
         return self.check(
-            "inspect", "--raw", "--tls-verify=false", f"docker://{reference}"
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            *self._creds("--creds"),
+            f"docker://{reference}",
         )
+
+    def inspect(self, reference: str) -> dict[str, object]:
+        """skopeo's summary of an image: its digest, layers, tags, config fields."""
+        answer = json.loads(
+            self.check(
+                "inspect",
+                "--tls-verify=false",
+                *self._creds("--creds"),
+                f"docker://{reference}",
+            )
+        )
+        if not isinstance(answer, dict):
+            raise SkopeoError(f"skopeo inspect gave no JSON object: {answer!r}")
+        return answer
 
     def list_tags(self, repository: str) -> list[str]:
         """The tags the registry lists for `repository` (``host:port/name``)."""
         answer = json.loads(
-            self.check("list-tags", "--tls-verify=false", f"docker://{repository}")
+            self.check(
+                "list-tags",
+                "--tls-verify=false",
+                *self._creds("--creds"),
+                f"docker://{repository}",
+            )
         )
         return [str(tag) for tag in answer.get("Tags") or []]
+
+    def delete(self, reference: str) -> None:
+        """Delete the manifest `reference` names, and so every tag on it."""
+        self.check(
+            "delete",
+            "--tls-verify=false",
+            *self._creds("--creds"),
+            f"docker://{reference}",
+        )
 
 
 def forget_uploads() -> None:

@@ -30,6 +30,7 @@ from .engines import (
     Podman,
     blob_digest,
     config_diff_ids,
+    docker_round_trip,
     request_manifest,
     write_docker_archive,
 )
@@ -111,31 +112,23 @@ def podman_round_trip(
     )
 
 
-def docker_round_trip(
+def docker_engine_round_trip(
     server: Server, image: OciImage, docker: Docker, skopeo: Skopeo, workdir: Path
 ) -> EngineRoundTrip:
     """Load `image` into dockerd from a docker-archive, push, remove, pull it back."""
     archive = workdir / "image.tar"
     write_docker_archive(skopeo, image, archive, ARCHIVE_NAME)
-    loaded_name = docker.load(archive)
-    loaded = docker.inspect(loaded_name)
-
-    reference = f"{server.address}/{DOCKER_REPOSITORY}:{TAG}"
-    docker.tag(loaded_name, reference)
-    pushed_digest = docker.push(reference)
-
-    docker.remove(reference, loaded_name)
-    gone = not docker.has_image(loaded.image_id)
-
-    pulled_digest = docker.pull(reference)
+    trip = docker_round_trip(
+        docker, archive, f"{server.address}/{DOCKER_REPOSITORY}:{TAG}"
+    )
     return EngineRoundTrip(
         server=server,
         repository=DOCKER_REPOSITORY,
-        loaded=loaded,
-        pushed_digest=pushed_digest,
-        gone_before_pull=gone,
-        pulled_digest=pulled_digest,
-        pulled=docker.inspect(reference),
+        loaded=trip.loaded,
+        pushed_digest=trip.pushed_digest,
+        gone_before_pull=trip.gone_before_pull,
+        pulled_digest=trip.pulled_digest,
+        pulled=trip.pulled,
     )
 
 
@@ -180,7 +173,7 @@ class EngineChecks:
     ) -> EngineRoundTrip:
         """The image through docker and the class's server."""
         workdir = tmp_path_factory.mktemp("docker-trip")
-        return docker_round_trip(server, small_image, docker, skopeo, workdir)
+        return docker_engine_round_trip(server, small_image, docker, skopeo, workdir)
 
     def test_podman_pull_brings_back_the_loaded_image(
         self, podman_trip: EngineRoundTrip, small_image: OciImage

@@ -164,13 +164,22 @@ class TestBasic:
         assert decide(auth, basic("alice", "nope")).status == 401
 
     def test_anonymous_pull(self, folder: Path) -> None:
-        """With anonymous pull, no credentials may pull and list, not push."""
+        """With anonymous pull, no credentials may pull and list, not push; the
+        version check still challenges, so clients learn to send credentials."""
         auth = make(folder, mode="basic", htpasswd="htpasswd", anonymous_pull=True)
-        assert decide(auth, None).allowed
+        assert decide(auth, None).status == 401
         assert decide(auth, None, PULL_A, catalog_access()).allowed
         assert decide(auth, None, PULL_A).user is None
         assert decide(auth, None, PUSH_A).status == 401
         assert decide(auth, basic("alice", "bad"), PULL_A).status == 401
+
+    def test_empty_basic_credentials_are_anonymous(self, folder: Path) -> None:
+        """skopeo answers a challenge it has no credentials for with ``:``: that
+        is an anonymous request, let in where anonymous pull is on."""
+        auth = make(folder, mode="basic", htpasswd="htpasswd", anonymous_pull=True)
+        empty = "Basic " + base64.b64encode(b":").decode()
+        assert decide(auth, empty, PULL_A).allowed
+        assert decide(auth, empty, PUSH_A).status == 401
 
     def test_bearer_in_basic_mode(self, auth: Authenticator) -> None:
         """A bearer token is not credentials in Basic mode."""
@@ -324,10 +333,11 @@ class TestToken:
         assert decision.challenge.startswith('Bearer realm="')
 
     def test_anonymous_pull(self, folder: Path) -> None:
-        """With anonymous pull, no token may pull; pushing still needs one."""
+        """With anonymous pull, no token may pull; pushing still needs one, and
+        the version check still challenges."""
         auth = make(folder, mode="token", htpasswd="htpasswd", anonymous_pull=True)
         assert decide(auth, None, PULL_A).allowed
-        assert decide(auth, None).allowed
+        assert decide(auth, None).status == 401
         assert decide(auth, None, PUSH_A).status == 401
         header = "Bearer " + self.token(auth, None, PULL_B)
         assert decide(auth, header, PULL_A).allowed

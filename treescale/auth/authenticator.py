@@ -210,8 +210,15 @@ class Authenticator:
         return within(access.actions, held) | self.policy.granted(None, access)
 
     def _anonymous_may(self, wanted: Sequence[Access]) -> bool:
+        """Whether a request without credentials may do what it asks.
+
+        ``GET /v2/`` (wanting nothing) always challenges an anonymous client, even
+        with anonymous pull: that answer is how clients learn to send the
+        credentials they hold; without it skopeo and docker never do, and every
+        push fails. Anonymous pulls are let in by their own scopes.
+        """
         if not wanted:
-            return self.settings.anonymous_pull
+            return False
         return all(self.policy.granted(None, a) == a.actions for a in wanted)
 
     def _unauthorized(

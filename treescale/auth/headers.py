@@ -46,7 +46,12 @@ def parse_authorization(
 
     scheme, _, rest = value.strip().partition(" ")
     if scheme.lower() == "basic":
-        return _basic(rest.strip())
+        credentials = _basic(rest.strip())
+        # skopeo without credentials answers a Basic challenge with an empty user
+        # and password: that is no credentials at all, not a failed login.
+        if credentials == BasicCredentials("", ""):
+            return None
+        return credentials
     if scheme.lower() == "bearer" and rest.strip():
         return BearerToken(rest.strip())
     raise CredentialsInvalid("the Authorization header is neither Basic nor Bearer")
@@ -63,7 +68,7 @@ def _basic(encoded: str) -> BasicCredentials:
         raise CredentialsInvalid("the Basic credentials are not UTF-8") from e
 
     user, colon, password = text.partition(":")
-    if not colon or not user:
+    if not colon or (not user and password):
         raise CredentialsInvalid("the Basic credentials are not user:password")
     return BasicCredentials(user, password)
 
