@@ -113,10 +113,11 @@ def test_without_rules_every_user_may_do_everything(tmp_path: Path) -> None:
 
 
 def test_anonymous_pull(tmp_path: Path) -> None:
-    """With anonymous_pull, reads need no login; writes still do."""
+    """With anonymous_pull, reads need no login; writes still do, and the version
+    check still challenges (how clients learn to send their credentials)."""
     world = world_with(tmp_path, mode="basic", anonymous_pull=True)
 
-    assert world.send("GET", "/v2/").code == 200
+    assert world.send("GET", "/v2/").code == 401
     assert world.send("GET", "/v2/a/tags/list").error == "NAME_UNKNOWN"
     assert world.send("POST", "/v2/a/blobs/uploads/").code == 401
 
