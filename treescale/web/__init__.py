@@ -1,0 +1,1 @@
+"""What a registry node shows operators over HTTP beside the API: the status page."""
