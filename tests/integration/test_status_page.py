@@ -1,0 +1,50 @@
+"""The registry node's status page, rendered by headless Chromium on a real tree.
+
+A relay is stopped; the page, which draws the tree from ``/_treescale/status`` with
+its own script, must show that relay down and the others up, both in its DOM and in
+the picture itself (one red circle, three green ones).
+"""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from .browser import pixels_near, rendered_dom, screenshot
+from .cluster import Cluster
+
+pytestmark = pytest.mark.integration
+
+UP_GREEN = (0x2E, 0x7D, 0x32)
+DOWN_RED = (0xC6, 0x28, 0x28)
+
+# A node's circle (radius 22) is about 1,500 pixels; the legend's dots and the dashed
+# edge of a down node add a few hundred.
+ONE_CIRCLE = 1000
+TWO_CIRCLES = 2800
+
+NODE_STATE = re.compile(r'data-name="([^"]+)" data-state="([^"]+)"')
+
+
+def page_url(cluster: Cluster) -> str:
+    return f"http://{cluster.address}/_treescale/"
+
+
+def test_page_draws_each_node_in_its_state(cluster: Cluster, tmp_path: Path) -> None:
+    """With relay-b stopped, the drawn tree has it down and every other node up."""
+    cluster.stop_node("relay-b")
+    cluster.wait_for_relays(2)
+
+    dom = rendered_dom(page_url(cluster))
+    shot = screenshot(page_url(cluster), tmp_path / "status.png")
+
+    assert dict(NODE_STATE.findall(dom)) == {
+        "registry": "up",
+        "relay-a": "up",
+        "relay-b": "down",
+        "relay-c": "up",
+    }
+    assert "2 of 3 relays up" in dom
+    red, green = pixels_near(shot, DOWN_RED), pixels_near(shot, UP_GREEN)
+    assert ONE_CIRCLE < red < TWO_CIRCLES, red
+    assert green > 3 * ONE_CIRCLE, green
