@@ -22,13 +22,16 @@ setup(
         "pyOpenSSL>=23.2,<28",
         "bcrypt>=4.0,<6",
         "PyJWT[crypto]>=2.8,<3",
+        "prometheus_client>=0.20,<1",
     ],
+    entry_points={"console_scripts": ["treescale = treescale.cli:main"]},
     extras_require={
         "test": [
             "pytest>=8,<10",
             "pytest-twisted>=1.14,<2",
             "hypothesis>=6.100,<7",
             "oras>=0.2.20,<0.3",
+            "pillow>=10,<13",
         ],
         "lint": ["ruff>=0.6", "mypy>=1.10", "mypy-zope>=1.0", "tox>=4"],
     },

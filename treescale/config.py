@@ -22,13 +22,22 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.testing import MemoryReactor
 
 from treescale.auth.settings import AuthSettings, parse_auth
+from treescale.bus.tls_settings import TlsSettings, check_tls_names, parse_tls_settings
 from treescale.config_error import ConfigError
+from treescale.ops.settings import (
+    LogSettings,
+    NotificationSettings,
+    parse_log,
+    parse_notifications,
+)
 from treescale.registry.settings import RegistrySettings, parse_registry_settings
 
 __all__ = ["Address", "ConfigError", "NodeConfig", "Topology", "load", "parse"]
 
 ROLES = frozenset({"registry", "store"})
-TOP_FIELDS = frozenset({"cluster", "node", "registry", "auth"})
+TOP_FIELDS = frozenset(
+    {"cluster", "node", "registry", "auth", "tls", "notifications", "log"}
+)
 CLUSTER_FIELDS = frozenset(
     {
         "name",
@@ -38,6 +47,7 @@ CLUSTER_FIELDS = frozenset(
         "record_replicas",
         "window",
         "buffer_chunks",
+        "insecure_plain_bus",
     }
 )
 NODE_FIELDS = frozenset(
@@ -106,6 +116,15 @@ class Topology:
     nodes: tuple[NodeConfig, ...]
     registry: RegistrySettings = dataclasses.field(default_factory=RegistrySettings)
     auth: AuthSettings = dataclasses.field(default_factory=AuthSettings)
+    notifications: NotificationSettings = dataclasses.field(
+        default_factory=NotificationSettings
+    )
+    log: LogSettings = dataclasses.field(default_factory=LogSettings)
+    tls: TlsSettings | None = None
+    """The ``[tls]`` table; None leaves the bus plain TCP (loopback only)."""
+    insecure_plain_bus: bool = False
+    """Plain TCP on a bus that is not all loopback: anyone who reaches a bus port
+    can then join the tree. For networks that are private by other means only."""
 
     def node(self, name: str) -> NodeConfig:
         """The node called `name`; `ConfigError` when the file has none."""
@@ -210,7 +229,10 @@ def parse(
             chunk_min_length=topology.chunk_size,
         ),
         auth=parse_auth(raw.get("auth", {}), source, check_files=False),
+        notifications=parse_notifications(raw.get("notifications", {}), source),
+        log=parse_log(raw.get("log", {}), source),
     )
+    topology = _with_bus_security(topology, raw, cluster)
     _check_stores(topology)
     # A default asks for as many copies as there are stores, up to its value; a
     # number the operator wrote must be possible as written.
@@ -233,6 +255,28 @@ def parse(
             "one read could never fill its window",
         )
     return topology
+
+
+def _with_bus_security(
+    topology: Topology, raw: Mapping[str, Any], cluster: Mapping[str, Any]
+) -> Topology:
+    """The ``[tls]`` table and the plain-bus escape hatch, which exclude each other."""
+    source = topology.source
+    insecure = cluster.get("insecure_plain_bus", False)
+    if not isinstance(insecure, bool):
+        raise ConfigError(source, None, "cluster.insecure_plain_bus", "true or false")
+    if "tls" not in raw:
+        return replace(topology, insecure_plain_bus=insecure)
+    if insecure:
+        raise ConfigError(
+            source,
+            None,
+            "cluster.insecure_plain_bus",
+            "the file has a [tls] table: the bus cannot be TLS and plain at once",
+        )
+    tls = parse_tls_settings(raw["tls"], source)
+    check_tls_names(topology.cluster, (node.name for node in topology.nodes), source)
+    return replace(topology, tls=tls)
 
 
 def _parse_node(table: object, source: Path, index: int) -> NodeConfig:
@@ -426,6 +470,17 @@ def _bounded_int(
     if not low <= value <= high:
         raise ConfigError(source, node, field, f"{value} is not in {low}..{high}")
     return value
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether `host` is a loopback address by its text alone: no lookup, so a name
+    that resolves elsewhere on another host cannot pass."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def is_local_host(host: str) -> bool:

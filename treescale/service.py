@@ -9,11 +9,14 @@
 
 Every node of one process still talks to the others over real TCP, exactly as it
 would across hosts: the embedded default differs from a deployment only in addresses.
+With a ``[tls]`` table each node reads its own certificate as it is built; a tree
+without one starts only if its bus is all on loopback (`plain_bus_refusal`).
 """
 
+import datetime
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -30,13 +33,24 @@ from treescale.auth.htpasswd import HtpasswdError
 from treescale.auth.keys import KeyUnusable
 from treescale.auth.settings import NONE, TOKEN, check_auth_files
 from treescale.bus.node import BusNode
+from treescale.bus.tls import BusTls, TlsUnusable, load_bus_tls, plain_bus_refusal
 from treescale.config import ConfigError, NodeConfig, Topology
+from treescale.ops.health import relays_needed
+from treescale.ops.pages import node_ops
 from treescale.registry.app import Registry
 from treescale.registry.app import make_site as registry_site
 from treescale.store.cluster import ClusterStorage
 from treescale.store.relay import Relay
+from treescale.web.page import StatusPage
+from treescale.web.status import tree_status
 
 log = Logger()
+
+STATUS_PAGE_PATH = b"/_treescale"
+"""Where the status page is (with or without its trailing slash)."""
+
+# A node whose bus certificate ends sooner says so at every start.
+CERTIFICATE_WARNING = datetime.timedelta(days=30)
 
 
 # The reactor passed around here is the global one, used as a core, TCP, time and
@@ -50,6 +64,9 @@ def make_process_service(
     nodes = [topology.node(name) for name in names] or list(topology.local_nodes())
     if not nodes:
         raise ValueError(f"{topology.source}: no node of this file has a local address")
+    refusal = plain_bus_refusal(topology)
+    if refusal is not None:
+        fail_start(refusal)
     top = _Process()  # type: ignore[no-untyped-call]
     for node in nodes:
         make_node_service(topology, node, reactor).setServiceParent(top)
@@ -58,7 +75,7 @@ def make_process_service(
 
 def make_node_service(topology: Topology, node: NodeConfig, reactor: Any) -> IService:
     """One node: its bus, and a relay or a registry (or both) on top of it."""
-    bus = BusNode(topology, node, reactor, reactor)
+    bus = BusNode(topology, node, reactor, reactor, tls=make_bus_tls(topology, node))
     if node.is_store:
         root = Path(topology.data_dir).resolve() / node.name
         Relay(
@@ -75,19 +92,61 @@ def make_node_service(topology: Topology, node: NodeConfig, reactor: Any) -> ISe
     return bus
 
 
+def make_bus_tls(topology: Topology, node: NodeConfig) -> BusTls | None:
+    """The node's bus credentials when the file has ``[tls]``; files that cannot be
+    used stop start-up with one line naming them."""
+    if topology.tls is None:
+        return None
+    try:
+        tls = load_bus_tls(topology, node.name, topology.tls.files_for(node.name))
+    except TlsUnusable as e:
+        fail_start(f"{topology.source}: node {node.name!r}: [tls]: {e}")
+    left = tls.not_after - datetime.datetime.now(datetime.UTC)
+    if left < CERTIFICATE_WARNING:
+        log.warn(
+            "bus certificate of {node} expires in {days} days, on {not_after}",
+            node=node.name,
+            days=left.days,
+            not_after=tls.not_after.isoformat(),
+        )
+    return tls
+
+
 def make_site(bus: BusNode, topology: Topology, node: NodeConfig, reactor: Any) -> Site:
     """The registry's HTTP site, with the node's status page and, in token mode,
     its token endpoint beside the API."""
     storage = ClusterStorage(bus, topology, reactor)
     authenticator = make_authenticator(topology, reactor)
+    needed = relays_needed(
+        len(topology.stores), topology.replicas, topology.record_replicas
+    )
+    ops = node_ops(
+        reactor,
+        topology.notifications,
+        node.http or "",
+        lambda: (storage.relays_up(), needed),
+    )
+    peers = [n.name for n in topology.nodes if n.parent == node.name]
+    peers += [node.parent] if node.parent else []
+    ops.metrics.watch_links(lambda: {peer: peer in bus.links for peer in peers})
+    ops.metrics.watch_chunk_buffer(
+        lambda: (storage.budget.size - storage.budget.free, storage.budget.size)
+    )
+    bus.link_listeners.append(ops.metrics.link_changed)
     registry = Registry(
-        storage, clock=reactor, settings=topology.registry, authenticator=authenticator
+        storage,
+        clock=reactor,
+        settings=topology.registry,
+        authenticator=authenticator,
+        observer=ops.observer,
     )
     site = registry_site(registry)
     tokens = None
     if authenticator is not None and topology.auth.mode == TOKEN:
         tokens = TokenResource(authenticator)
-    site.resource = _WithStatus(site.resource, bus, storage, tokens)
+    site.resource = _WithStatus(
+        site.resource, bus, storage, topology, tokens, ops.pages
+    )
     return site
 
 
@@ -119,8 +178,10 @@ class _Process(MultiService):
 
 
 class _WithStatus(Resource):
-    """Serves ``/_treescale/status`` and the token endpoint itself, and hands every
-    other path on."""
+    """Serves ``/_treescale/status`` (the tree's state as JSON), the status page
+    drawing it at ``/_treescale/``, the token endpoint and the operations pages
+    (``/metrics``, ``/healthz``, ``/readyz``) itself, and hands every other path
+    on."""
 
     isLeaf = True
 
@@ -129,27 +190,34 @@ class _WithStatus(Resource):
         inner: Resource,
         bus: BusNode,
         storage: ClusterStorage,
+        topology: Topology,
         tokens: Resource | None = None,
+        pages: Mapping[bytes, Resource] | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.inner = inner
         self.bus = bus
         self.storage = storage
         self.tokens = tokens
+        self.pages = pages or {}
+        self.topology = topology
+        self.status_page: Resource = StatusPage()
 
     def render(self, request: Request) -> bytes | int:
         path = request.path.rstrip(b"/")
         if self.tokens is not None and path == TOKEN_PATH.encode():
             return self.tokens.render(request)  # type: ignore[no-any-return]
+        page = self.pages.get(path)
+        if page is not None:
+            return page.render(request)  # type: ignore[no-any-return]
+        if path == STATUS_PAGE_PATH:
+            return self.status_page.render(request)  # type: ignore[no-any-return]
         if path != b"/_treescale/status":
             return self.inner.render(request)  # type: ignore[no-any-return]
-        status = {
-            "node": self.bus.me.name,
-            "links": sorted(self.bus.links),
-            "relays_up": self.storage.relays_up(),
-            "relays": len(self.storage.chunks.holders),
-        }
+        status = tree_status(self.topology, self.bus.me.name, self.bus.reachable)
+        status["links"] = sorted(self.bus.links)
         request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
         return json.dumps(status).encode()
 
 

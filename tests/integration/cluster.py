@@ -12,6 +12,7 @@ a treescale tree also gets their groups and per-repository rules.
 """
 
 import base64
+import hashlib
 import json
 import os
 import re
@@ -23,7 +24,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -677,3 +678,49 @@ def running_cluster_with_logins(
     tables = auth_tables(mode, htpasswd, anonymous_pull=anonymous_pull)
     with running_cluster(directory / "cluster", extra=tables) as cluster:
         yield cluster
+
+
+# What the relays keep on disk, looked at from outside: for tests that hurt the
+# tree and then check that nothing torn or half-written is left.
+
+
+def relay_chunk_files(cluster: Cluster, relay: str) -> dict[str, Path]:
+    """Relay `relay`'s chunk files by hex digest (the name they are kept under)."""
+    return {
+        path.name: path
+        for path in cluster.chunk_dir(relay).glob("*/*")
+        if path.is_file() and not path.name.endswith(".part")
+    }
+
+
+def torn_chunk_files(cluster: Cluster) -> list[Path]:
+    """Every chunk file, on any relay, whose bytes do not hash to its name."""
+    torn = []
+    for relay in cluster.relays:
+        for name, path in relay_chunk_files(cluster, relay).items():
+            digest = hashlib.sha256()
+            with path.open("rb") as chunk:
+                while piece := chunk.read(1024 * 1024):
+                    digest.update(piece)
+            if digest.hexdigest() != name:
+                torn.append(path)
+    return torn
+
+
+def unfinished_writes(cluster: Cluster) -> list[Path]:
+    """Temporary files of chunk or record writes left on any relay's disk."""
+    left = []
+    for relay in cluster.relays:
+        root = cluster.topology.data_dir / relay
+        left += [path for path in (root / "tmp").glob("*") if path.is_file()]
+        left += list((root / "records").glob("*/*.part"))
+    return left
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout: float) -> None:
+    """Poll `check` until it holds; `ServerError` naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise ServerError(f"{what}: not within {timeout} s")
+        time.sleep(POLL_INTERVAL)

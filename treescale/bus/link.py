@@ -8,6 +8,11 @@ topology hash) and accepts nothing else until the peer's HELLO has been checked.
 mismatch closes the link with a logged reason, since routes computed from different
 trees would deliver events to the wrong nodes.
 
+Over TLS the link is the protocol inside `TLSMemoryBIOProtocol`: its HELLO waits
+in the TLS layer until the handshake completes, so a peer that fails the handshake
+never sees it, and a HELLO accepted must also match the peer's certificate
+(`BusNode.check_identity`). A handshake that fails is logged with OpenSSL's reason.
+
 Backpressure: the link registers itself as a streaming producer on its transport, so
 the transport pauses it when its write buffer is full. Senders of chunk data wait on
 `wait_writable()`; a link whose unsent bytes still pass `max_unsent` is dropped, so an
@@ -84,8 +89,11 @@ class Link(Protocol):
         self.send(self.node.hello_frame())
 
     def connectionLost(self, reason: Failure | None = None) -> None:
+        closed_by_us = self._closed
         self._closed = True
         self._stop_timers()
+        if self.peer is None:
+            self._handshake_lost(reason, closed_by_us)
         for waiter in self._writable_waiters:
             waiter.errback(ConnectionError("link lost"))
         self._writable_waiters = []
@@ -104,6 +112,21 @@ class Link(Protocol):
                 return
             self._frame_received(frame)
 
+    def _handshake_lost(self, reason: Failure | None, closed_by_us: bool) -> None:
+        """A link that never came up: say why when TLS refused it, and let the
+        node back off before dialling again."""
+        why = None if closed_by_us else self.node.tls_failure(reason, self.transport)
+        if why is not None:
+            self.log.warn(
+                "bus link {direction} {address} refused in the TLS handshake: {why}",
+                direction="to" if self.expected_peer else "from",
+                address=self.peer_address,
+                peer=self.expected_peer,
+                why=why,
+            )
+        if self.expected_peer is not None:
+            self.node.dial_refused()
+
     def _frame_received(self, frame: Frame) -> None:
         if self.peer is None:
             self._hello_received(frame)
@@ -119,6 +142,8 @@ class Link(Protocol):
             self.abort(f"expected HELLO, got {frame.kind.name}")
             return
         why, peer = self.node.check_hello(frame.meta, self.expected_peer)
+        if why is None and peer is not None:
+            why = self.node.check_identity(peer, self.transport)
         if why:
             self.abort(why)
             return

@@ -14,6 +14,10 @@ send CANCEL; the handler then stops. Every frame names the request it belongs to
 Memory: a handler receives its request's data whole and a requester its reply's data
 whole, each bounded by a size the caller states (a chunk is at most a few MiB); the
 number of requests in flight is bounded by the callers' windows.
+
+Given a `BusTls`, every link is mutually authenticated TLS (see `treescale.bus.tls`):
+the listener wraps each accepted connection, the dialer checks its parent's name in
+the handshake, and `check_identity` holds each HELLO to the peer's certificate.
 """
 
 import hashlib
@@ -31,8 +35,10 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.interfaces import (
     IDelayedCall,
     IListeningPort,
+    IProtocolFactory,
     IReactorTCP,
     IReactorTime,
+    IStreamClientEndpoint,
 )
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -40,11 +46,14 @@ from twisted.python.failure import Failure
 from treescale.bus.frames import PIECE_SIZE, Flag, Frame, FrameError, Kind
 from treescale.bus.link import PROTOCOL_VERSION, Link, LinkFactory, LinkSettings
 from treescale.bus.routing import RouteError, RouteTable, nth_prime
-from treescale.config import NodeConfig, Topology
+from treescale.bus.tls import BusTls, peer_certificate
+from treescale.config import NodeConfig, Topology, is_loopback_host
 
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_LINK_SETTINGS = LinkSettings()
 SEEN_EVENTS = 65536
+DIAL_INITIAL_DELAY = 0.5
+DIAL_MAX_DELAY = 10.0
 
 
 class BusError(Exception):
@@ -145,9 +154,11 @@ class BusNode(MultiService):
         clock: IReactorTime,
         link_settings: LinkSettings = DEFAULT_LINK_SETTINGS,
         max_request_data: int | None = None,
+        tls: BusTls | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.topology = topology
+        self.tls = tls
         self.me = me
         self.reactor = reactor
         self.clock = clock
@@ -167,33 +178,74 @@ class BusNode(MultiService):
         self._seen: OrderedDict[int, None] = OrderedDict()
         self._port: IListeningPort | None = None
         self._random = random.SystemRandom()
+        self._refused_dials = 0
+        self._backoff = backoffPolicy(
+            initialDelay=DIAL_INITIAL_DELAY, maxDelay=DIAL_MAX_DELAY
+        )
         if me.parent is not None:
-            parent = topology.node(me.parent)
-            endpoint = TCP4ClientEndpoint(
-                reactor, parent.bus.host, parent.bus.port, timeout=10
-            )
             dialer = ClientService(
-                endpoint,
-                LinkFactory(self, parent.name),
-                retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=10.0),
+                self._parent_endpoint(topology.node(me.parent)),
+                LinkFactory(self, me.parent),
+                retryPolicy=self._dial_delay,
                 clock=clock,
             )
             dialer.setServiceParent(self)
+
+    def _parent_endpoint(self, parent: NodeConfig) -> IStreamClientEndpoint:
+        endpoint: IStreamClientEndpoint = TCP4ClientEndpoint(
+            self.reactor, parent.bus.host, parent.bus.port, timeout=10
+        )
+        if self.tls is not None:
+            endpoint = self.tls.dialing_endpoint(endpoint, parent.name, self.clock)
+        return endpoint
+
+    def _dial_delay(self, attempt: int) -> float:
+        """Seconds before dialling the parent again.
+
+        `ClientService` counts only connections that failed to open; a parent
+        that accepts the connection and then refuses its handshake (a certificate
+        it does not take, a HELLO it refuses) would be dialled every half second
+        for ever. Refused handshakes count as failed attempts too.
+        """
+        return self._backoff(attempt + self._refused_dials)
+
+    def dial_refused(self) -> None:
+        """The link dialled to our parent closed before its handshake completed."""
+        self._refused_dials += 1
 
     # Service life.
 
     def privilegedStartService(self) -> None:
         """Listen for children before the reactor runs: a busy port stops start-up
         with `CannotListenError` instead of leaving a node nobody can reach."""
+        # listenTCP is annotated for a ServerFactory; a TLS wrapping factory serves
+        # as one (Twisted's own TLS endpoints pass it the same way).
         self._port = self.reactor.listenTCP(
-            self.me.bus.port, LinkFactory(self, None), interface=self.me.bus.host
+            self.me.bus.port,
+            self.child_factory(),  # type: ignore[arg-type]
+            interface=self.me.bus.host,
         )
         self.log.info(
-            "bus of {node} listening on {address}",
+            "bus of {node} listening on {address} ({transport})",
             node=self.me.name,
             address=self.me.bus,
+            transport="plain TCP" if self.tls is None else "mutual TLS",
         )
+        if self.tls is None and not is_loopback_host(self.me.bus.host):
+            self.log.warn(
+                "bus of {node} is plain TCP on {address}, off loopback: anyone who "
+                "reaches it can join the tree (insecure_plain_bus is set)",
+                node=self.me.name,
+                address=self.me.bus,
+            )
         super().privilegedStartService()  # type: ignore[no-untyped-call]
+
+    def child_factory(self) -> IProtocolFactory:
+        """What builds the links children open to us: TLS first when it is on."""
+        factory = LinkFactory(self, None)
+        if self.tls is None:
+            return factory
+        return self.tls.listening_factory(factory, self.clock)
 
     async def _stop(self) -> None:
         await super().stopService()  # type: ignore[no-untyped-call]
@@ -238,6 +290,21 @@ class BusNode(MultiService):
             return f"{peer!r} is not a child of {self.me.name!r}", None
         return None, peer
 
+    def check_identity(self, peer: str, transport: object) -> str | None:
+        """Why a peer whose HELLO passed is refused on the certificate it showed on
+        `transport` (None when accepted); on a plain bus every such HELLO is
+        believed."""
+        if self.tls is None:
+            return None
+        return self.tls.refusal(peer, peer_certificate(transport))
+
+    def tls_failure(self, reason: Failure | None, transport: object) -> str | None:
+        """Why a link's TLS handshake failed, in words; None on a plain bus or
+        when the link ended for another reason."""
+        if self.tls is None:
+            return None
+        return self.tls.handshake_failure(reason, transport)
+
     def _parent_of(self, name: str) -> str | None:
         return self.topology.parents.get(name)
 
@@ -249,9 +316,10 @@ class BusNode(MultiService):
         that lost it silently falls quiet first. Without this, anyone who can reach
         the bus port could knock a live relay off by sending its HELLO.
         """
-        # Shortcoming: the bus does not authenticate peers. A HELLO names a node and
-        # the topology's hash, both public; an impostor is refused only while the
-        # real node is linked and talking. Mutually authenticated TLS is the fix.
+        # Shortcoming: on a plain bus (no [tls]) peers are not authenticated. A
+        # HELLO names a node and the topology's hash, both public; an impostor is
+        # refused only while the real node is linked and talking. With TLS a peer
+        # is the node its certificate names, so this rule only orders reconnects.
         old = self.links.get(peer)
         if old is not None and old is not link:
             quiet = self.clock.seconds() - old.last_heard
@@ -265,6 +333,8 @@ class BusNode(MultiService):
             old.abort(f"replaced by a newer link from {link.peer_address}")
             self._fail_requests_on(peer, LinkLost(f"link to {peer} replaced"))
         self.links[peer] = link
+        if peer == self.me.parent:
+            self._refused_dials = 0
         self.log.info(
             "bus link up: {node} <-> {peer} ({address})",
             node=self.me.name,

@@ -29,6 +29,8 @@ from twisted.web.server import Request, Site
 
 from treescale.auth.authenticator import Authenticator, Decision
 from treescale.auth.scopes import Access
+from treescale.ops.metrics import Metrics
+from treescale.ops.observer import RegistryObserver
 from treescale.registry.access import mount_source_access, wanted_access
 from treescale.registry.deletes import Deletes
 from treescale.registry.discovery import Discovery
@@ -79,11 +81,14 @@ class Registry:
         clock: IReactorTime,
         settings: RegistrySettings | None = None,
         authenticator: Authenticator | None = None,
+        observer: RegistryObserver | None = None,
     ) -> None:
         self.storage = storage
         self.authenticator = authenticator
         self.clock = clock
         self.settings = settings or RegistrySettings()
+        self.observer = observer or RegistryObserver(Metrics(with_process=False), clock)
+        events = self.observer.event
         self.metadata = Metadata(storage)
         self.sessions = UploadSessions(
             storage,
@@ -91,12 +96,18 @@ class Registry:
             self.settings.max_upload_sessions,
             self.settings.upload_idle_timeout,
         )
-        self.pulls = Pulls(storage, self.metadata)
+        self.pulls = Pulls(storage, self.metadata, events)
         self.pushes = Pushes(
-            storage, self.metadata, self.sessions, self.settings, clock, self._may
+            storage,
+            self.metadata,
+            self.sessions,
+            self.settings,
+            clock,
+            self._may,
+            events,
         )
         self.discovery = Discovery(self.metadata, self.settings)
-        self.deletes = Deletes(self.metadata, self.settings)
+        self.deletes = Deletes(self.metadata, self.settings, events)
         self.app = Klein()
         # Without merge_slashes=False, werkzeug answers a path with "//" by raising a
         # redirect, which no handler expects.
@@ -165,6 +176,10 @@ class Registry:
         that may not write must not add a byte to anyone's upload.
         """
         route = parse_route(request.path)
+        if route is not None:
+            # Timed from its headers, so the body's upload counts; any other
+            # request of the site (a status page, say) is not the API's.
+            self.observer.request_started(request, _route_label(route))
         if route is not None and (route.endpoint, request.method) in self._handlers:
             wanted = wanted_access(route.endpoint, request.method, self._repo(route))
             self._authorize(request, wanted)
@@ -174,6 +189,7 @@ class Registry:
         """Find the handler for the request's endpoint and method, and run it."""
         set_headers(request, [API_VERSION])
         route = parse_route(request.path)
+        self.observer.request_started(request, _route_label(route))
         if route is None:
             raise ApiError(ENDPOINT_UNKNOWN, {"path": request.path.decode("latin-1")})
 
@@ -194,6 +210,7 @@ class Registry:
         """Let the request on only if its credentials allow what it asks for."""
         decision = self._decide(request, wanted)
         if decision.allowed:
+            self.observer.authorized(request, decision.user)
             return
 
         if decision.status == 401:
@@ -234,6 +251,7 @@ class Registry:
 
     def _render_failure(self, request: Request, failure: Failure) -> bytes | None:
         """The one place a failure becomes a response; bugs are logged, not shown."""
+        self.observer.request_started(request, _route_label(parse_route(request.path)))
         if isinstance(failure.value, CancelledError) and client_left(request):
             self.log.info(
                 "client left before {method} {path} was answered",
@@ -243,6 +261,7 @@ class Registry:
             return None
 
         error = self._log_failure(request, failure)
+        self.observer.api_error(error.error.code)
         if getattr(request, "startedWriting", False):
             self._cut_short(request)
             return None
@@ -294,6 +313,11 @@ class Registry:
 
 
 _OPEN = Decision(True, None, 200, None, "logins are off")
+
+
+def _route_label(route: Route | None) -> str:
+    """The endpoint a request names, as metrics label it: never a repository."""
+    return route.endpoint.value if route is not None else "none"
 
 
 def _peer(request: Request) -> str:

@@ -10,6 +10,13 @@ default; with ``delete_enabled = false`` each is answered 405.
 from twisted.logger import Logger
 from twisted.web.server import Request
 
+from treescale.ops.events import (
+    EventSink,
+    blob_deleted,
+    ignore_event,
+    manifest_deleted,
+    tag_deleted,
+)
 from treescale.registry.errors import (
     BLOB_UNKNOWN,
     DELETE_DISABLED,
@@ -28,9 +35,15 @@ class Deletes:
 
     log = Logger()
 
-    def __init__(self, metadata: Metadata, settings: RegistrySettings) -> None:
+    def __init__(
+        self,
+        metadata: Metadata,
+        settings: RegistrySettings,
+        events: EventSink = ignore_event,
+    ) -> None:
         self.metadata = metadata
         self.settings = settings
+        self.events = events
 
     def _check_enabled(self) -> None:
         if not self.settings.delete_enabled:
@@ -40,19 +53,20 @@ class Deletes:
         """``DELETE .../manifests/REF``: a tag alone, or a manifest and its tags."""
         self._check_enabled()
         if is_digest_like(route.reference):
-            await self._delete_manifest(repo, check_digest(route.reference))
+            await self._delete_manifest(request, repo, check_digest(route.reference))
         else:
-            await self._delete_tag(repo, check_tag(route.reference))
+            await self._delete_tag(request, repo, check_tag(route.reference))
         return empty_response(request, 202)
 
-    async def _delete_tag(self, repo: str, tag: str) -> None:
+    async def _delete_tag(self, request: Request, repo: str, tag: str) -> None:
         if await self.metadata.tag(repo, tag) is None:
             raise ApiError(MANIFEST_UNKNOWN, {"tag": tag})
 
         await self.metadata.delete_tag(repo, tag)
         self.log.info("tag {tag} of {repo} deleted", tag=tag, repo=repo)
+        self.events(request, tag_deleted(repo, tag))
 
-    async def _delete_manifest(self, repo: str, digest: str) -> None:
+    async def _delete_manifest(self, request: Request, repo: str, digest: str) -> None:
         info = await self.metadata.manifest(repo, digest)
         if info is None:
             raise ApiError(MANIFEST_UNKNOWN, {"digest": digest})
@@ -69,6 +83,9 @@ class Deletes:
             repo=repo,
             tags=tags,
         )
+        self.events(request, manifest_deleted(repo, digest))
+        for tag in tags:
+            self.events(request, tag_deleted(repo, tag))
 
     async def blob(self, request: Request, route: Route, repo: str) -> bytes:
         """``DELETE .../blobs/DIGEST``: the blob is no longer part of the repository."""
@@ -78,4 +95,5 @@ class Deletes:
             raise ApiError(BLOB_UNKNOWN, {"digest": digest})
 
         self.log.info("blob {digest} unlinked from {repo}", digest=digest, repo=repo)
+        self.events(request, blob_deleted(repo, digest))
         return empty_response(request, 202)

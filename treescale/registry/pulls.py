@@ -9,6 +9,12 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer
 from twisted.web.server import Request
 
+from treescale.ops.events import (
+    EventSink,
+    blob_pulled,
+    ignore_event,
+    manifest_pulled,
+)
 from treescale.registry.accept import accepts
 from treescale.registry.errors import BLOB_UNKNOWN, MANIFEST_UNKNOWN, ApiError
 from treescale.registry.http import header, header_lines, set_headers
@@ -46,9 +52,12 @@ async def resolve(metadata: Metadata, repo: str, reference: str) -> str:
 class Pulls:
     """``GET`` and ``HEAD`` of blobs and manifests."""
 
-    def __init__(self, storage: Storage, metadata: Metadata) -> None:
+    def __init__(
+        self, storage: Storage, metadata: Metadata, events: EventSink = ignore_event
+    ) -> None:
         self.storage = storage
         self.metadata = metadata
+        self.events = events
 
     async def blob(self, request: Request, route: Route, repo: str) -> bytes | None:
         """A blob, whole or one byte range, streamed from storage."""
@@ -69,6 +78,7 @@ class Pulls:
             request.setResponseCode(206)
             set_headers(request, [("Content-Range", byte_range.content_range(size))])
 
+        self.events(request, blob_pulled(repo, digest, size))
         if request.method == b"HEAD" or byte_range.length == 0:
             return b""
 
@@ -102,6 +112,10 @@ class Pulls:
                 ("Docker-Content-Digest", digest),
                 ("Content-Length", str(info.size)),
             ],
+        )
+        tag = None if is_digest_like(route.reference) else route.reference
+        self.events(
+            request, manifest_pulled(repo, digest, info.media_type, info.size, tag)
         )
         if request.method == b"HEAD":
             return b""

@@ -19,6 +19,13 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.server import Request
 
+from treescale.ops.events import (
+    EventSink,
+    blob_mounted,
+    blob_pushed,
+    ignore_event,
+    manifest_pushed,
+)
 from treescale.registry.errors import (
     BLOB_UPLOAD_RANGE,
     DIGEST_INVALID,
@@ -60,8 +67,10 @@ class Pushes:
         settings: RegistrySettings,
         clock: IReactorTime,
         may_pull: Callable[[Request, str], bool] = lambda request, source: True,
+        events: EventSink = ignore_event,
     ) -> None:
         self.storage = storage
+        self.events = events
         self.may_pull = may_pull
         self.metadata = metadata
         self.sessions = sessions
@@ -209,6 +218,7 @@ class Pushes:
             repo=repo,
             nbytes=size,
         )
+        self.events(request, blob_mounted(repo, digest, size, source))
         set_headers(
             request,
             [
@@ -322,13 +332,15 @@ class Pushes:
             raise
 
         await self.metadata.link(session.repo, digest, size)
+        elapsed = self.clock.seconds() - session.started
         self.log.info(
             "upload of {digest} into {repo} complete: {nbytes} bytes in {elapsed} s",
             digest=digest,
             repo=session.repo,
             nbytes=size,
-            elapsed=self.clock.seconds() - session.started,
+            elapsed=elapsed,
         )
+        self.events(request, blob_pushed(session.repo, digest, size, elapsed))
         set_headers(
             request,
             [
@@ -365,6 +377,8 @@ class Pushes:
             media_type=manifest.media_type,
             nbytes=len(body),
         )
+        pushed = manifest_pushed(repo, digest, manifest.media_type, len(body), tag)
+        self.events(request, pushed)
         headers = [
             ("Location", f"/v2/{repo}/manifests/{digest}"),
             ("Docker-Content-Digest", digest),

@@ -42,6 +42,7 @@ class TreescaleNodeMaker:
         from twisted.internet import reactor
 
         from treescale.config import ConfigError, load
+        from treescale.ops.jsonlog import with_json_log
         from treescale.service import fail_start, make_process_service
 
         path = Path(options["config"] or DEFAULT_CONFIG)
@@ -49,9 +50,13 @@ class TreescaleNodeMaker:
             fail_start(f"no --config given and {path.resolve()} does not exist")
         try:
             topology = load(path, options["data-dir"])
-            return make_process_service(topology, options["nodes"], reactor)
+            service = make_process_service(topology, options["nodes"], reactor)
         except (ConfigError, ValueError) as e:
             fail_start(str(e))
+        if topology.log.format != "json":
+            return service
+        twistd = getattr(options, "parent", None) or {}
+        return with_json_log(service, twistd.get("logfile"))
 
 
 service_maker = TreescaleNodeMaker()
