@@ -1,7 +1,23 @@
 """The ``treescale`` command: tools an operator runs beside the nodes, one
 subcommand each.
 
+    treescale check TOPOLOGY              validate a topology file and summarise it
+    treescale status [--url URL]          the tree as a registry node sees it (or tree)
     treescale certs TOPOLOGY --out DIR    the cluster's CA and a certificate per node
+    treescale htpasswd FILE USER          add or replace a login (--delete removes it)
+    treescale config-reference            the configuration reference, in Markdown
+
+``check`` loads the file exactly as a node does (`treescale.config.load`), adds the
+start-up check of a plain bus off loopback, and prints a summary: the cluster, its
+nodes by role, the depth of the tree, the copies kept, the bus security and the
+login mode.
+
+``status`` asks one registry node, at ``--url`` (default ``http://127.0.0.1:5000``;
+no other host is ever tried), for ``/_treescale/status`` and ``/readyz``, and prints
+the tree indented under its root: each node's roles, state, whether the node asked
+has a direct link to it, and the chunks and bytes its relay reported (``-`` until
+relays report them), then how many relays are up against the copies each chunk
+has.
 
 ``certs`` reads the topology file for the cluster's name and its nodes' names and
 writes, in DIR: ``ca.pem`` and ``ca.key`` (the CA), then ``NODE.pem`` and ``NODE.key``
@@ -10,20 +26,41 @@ with mode 0600. A file that exists is never replaced without ``--force``; with
 ``--reuse-ca`` the CA already in DIR signs the new node certificates, which is how
 a node is added or a certificate renewed without touching the others.
 
-Exit status: 0 done, 1 refused (files exist, the CA in DIR is unusable), 2 a bad
-command line or topology file.
+``htpasswd`` reads the password from standard input (its first line) or, on a
+terminal, prompts for it twice; never from the command line, where other users
+of the host could read it. It writes the bcrypt line ``htpasswd -B`` would
+(``$2y$``), replacing the user's line if there is one, and replaces the file
+atomically: a registry node re-reading it never sees half a file. A new file gets
+mode 0600; an existing one keeps its mode and, where allowed, its owner.
+
+``gc`` and ``rebalance`` are named so that an operator looking for them learns
+they do not exist yet: each says so and exits 2, doing nothing.
+
+Exit status: 0 done (``status``: the node is ready), 1 refused or not ready
+(files exist, the CA in DIR is unusable, a node not ready or not reachable), 2 a
+bad command line or topology file, or a subcommand that is not available yet.
 """
 
 import argparse
+import contextlib
 import datetime
+import getpass
+import http.client
+import json
 import os
+import ssl
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
+from urllib.parse import urlsplit
 
+import bcrypt
+
+from treescale.auth.htpasswd import BCRYPT_MAX_PASSWORD, HtpasswdError, parse_htpasswd
+from treescale.auth.settings import BASIC, NONE, TOKEN
 from treescale.bus.certs import (
     DEFAULT_CA_DAYS,
     DEFAULT_NODE_DAYS,
@@ -33,8 +70,11 @@ from treescale.bus.certs import (
     make_ca,
     make_node_certificate,
 )
+from treescale.bus.tls import plain_bus_refusal
 from treescale.bus.tls_settings import check_tls_names, node_identity
-from treescale.config import ConfigError, Topology, load
+from treescale.config import ConfigError, NodeConfig, Topology, load
+from treescale.ops.health import relays_needed
+from treescale.settings_doc import reference
 
 PROGRAM = "treescale"
 CA_CERTIFICATE = "ca.pem"
@@ -42,6 +82,23 @@ CA_KEY = "ca.key"
 KEY_MODE = 0o600
 CERTIFICATE_MODE = 0o644
 DIRECTORY_MODE = 0o700
+
+DEFAULT_URL = "http://127.0.0.1:5000"
+DEFAULT_TIMEOUT = 5.0
+STATUS_PATH = "/_treescale/status"
+READY_PATH = "/readyz"
+MAX_ANSWER = 16 * 1024 * 1024
+"""Bytes of a status answer read at most: a tree of many thousand nodes fits."""
+
+NEW_FILE_MODE = 0o600
+DEFAULT_COST = 5
+MIN_COST = 4
+MAX_COST = 17
+
+NOT_YET = {
+    "gc": "garbage collection of chunks no manifest refers to",
+    "rebalance": "moving chunks to the relays placement now chooses",
+}
 
 
 class Refused(Exception):
@@ -78,6 +135,60 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROGRAM, description="Tools for running a treescale cluster."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_check(commands)
+    _add_status(commands)
+    _add_certs(commands)
+    _add_htpasswd(commands)
+    _add_config_reference(commands)
+    _add_not_yet(commands)
+    return parser
+
+
+def _add_check(commands: Any) -> None:
+    check = commands.add_parser(
+        "check",
+        help="validate a topology file and summarise it",
+        description="Load a topology file as a node would, and print what it "
+        "describes, or the one line that says what is wrong (exit status 2).",
+    )
+    check.add_argument("topology", type=Path, help="the topology file")
+    check.set_defaults(run=run_check)
+
+
+def _add_status(commands: Any) -> None:
+    status = commands.add_parser(
+        "status",
+        aliases=["tree"],
+        help="show the tree as a registry node sees it",
+        description="Ask one registry node for its view of the tree and its "
+        "readiness, and print them. Exit status 1 when the node is not ready or "
+        "cannot be asked.",
+    )
+    status.add_argument(
+        "--url",
+        type=_base_url,
+        default=_base_url(DEFAULT_URL),
+        help=f"the registry node's HTTP address (default {DEFAULT_URL}); only "
+        "this address is asked",
+    )
+    status.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"how long to wait for each answer (default {DEFAULT_TIMEOUT:g})",
+    )
+    status.add_argument(
+        "--cafile",
+        type=Path,
+        metavar="FILE",
+        help="CA certificates to check an https:// node against (default: the "
+        "system's)",
+    )
+    status.set_defaults(run=run_status)
+
+
+def _add_certs(commands: Any) -> None:
     certs = commands.add_parser(
         "certs",
         help="make the cluster's CA and every node's TLS certificate",
@@ -123,7 +234,44 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"days a node certificate is valid (default {DEFAULT_NODE_DAYS})",
     )
     certs.set_defaults(run=run_certs)
-    return parser
+
+
+def _add_htpasswd(commands: Any) -> None:
+    users = commands.add_parser(
+        "htpasswd",
+        help="add, replace or delete a login in an htpasswd file",
+        description="Add USER to an htpasswd file with a bcrypt hash, or replace "
+        "the user's password. The password is read from standard input (its first "
+        "line), or asked for twice on a terminal; never from the command line.",
+    )
+    users.add_argument("file", type=Path, help="the htpasswd file (made if missing)")
+    users.add_argument("user", help="the user name")
+    users.add_argument("--delete", action="store_true", help="remove the user instead")
+    users.add_argument(
+        "--cost",
+        type=_bcrypt_cost,
+        default=DEFAULT_COST,
+        help=f"bcrypt cost, {MIN_COST}..{MAX_COST} (default {DEFAULT_COST}, as "
+        "htpasswd -B); each step doubles the time of an uncached login",
+    )
+    users.set_defaults(run=run_htpasswd)
+
+
+def _add_config_reference(commands: Any) -> None:
+    reference_command = commands.add_parser(
+        "config-reference",
+        help="print the configuration reference (Markdown)",
+        description="Print every setting of the topology file with its type, "
+        "default, bounds and meaning, built from the settings in the code; "
+        "docs/configuration.md is this output.",
+    )
+    reference_command.set_defaults(run=run_config_reference)
+
+
+def _add_not_yet(commands: Any) -> None:
+    for name, what in NOT_YET.items():
+        command = commands.add_parser(name, help=f"{what}: not available yet")
+        command.set_defaults(run=run_not_yet)
 
 
 def _positive_days(text: str) -> int:
@@ -252,6 +400,622 @@ def write_file(path: Path, data: bytes, mode: int, *, replace: bool) -> None:
 
 def _day(moment: datetime.datetime) -> str:
     return f"{moment:%Y-%m-%d}"
+
+
+def run_check(args: argparse.Namespace, out: TextIO) -> int:
+    """``treescale check``: load the file as a node does, then summarise it."""
+    topology = load(args.topology)
+    refusal = plain_bus_refusal(topology)
+    if refusal is not None:
+        print(f"{PROGRAM}: {refusal}", file=sys.stderr)
+        return 2
+    for line in check_summary(topology):
+        print(line, file=out)
+    return 0
+
+
+def check_summary(topology: Topology) -> list[str]:
+    """What a valid topology file describes, one line a subject."""
+    stores = len(topology.stores)
+    lines = [
+        f"{topology.source}: valid",
+        f"cluster        {topology.cluster}, relays' data under {topology.data_dir}",
+        f"nodes          {_nodes_by_role(topology)}",
+        f"tree           {_tree_shape(topology)}",
+        f"copies         {_copies(topology)}",
+        f"ready          a registry node needs "
+        f"{relays_needed(stores, topology.replicas, topology.record_replicas)} of "
+        f"{stores} store relays",
+        f"chunks         {_size(topology.chunk_size)}, window {topology.window}, "
+        f"buffer {topology.buffer_chunks} chunks per registry node",
+        f"bus            {_bus_security(topology)}",
+        f"logins         {_logins(topology)}",
+        f"notifications  {_notifications(topology)}",
+        f"log            {topology.log.format}",
+    ]
+    return lines
+
+
+def _nodes_by_role(topology: Topology) -> str:
+    parts = []
+    for role in ("registry", "store"):
+        names = [node.name for node in topology.nodes if role in node.roles]
+        parts.append(f"{len(names)} {role} ({', '.join(names)})")
+    return f"{len(topology.nodes)}: " + "; ".join(parts)
+
+
+def _tree_shape(topology: Topology) -> str:
+    """The root and how many levels lie below it."""
+    depths = _depths(topology.nodes)
+    root = next(node.name for node in topology.nodes if node.parent is None)
+    deepest = max(depths.values())
+    levels = "level" if deepest == 1 else "levels"
+    return f"root {root}, depth {deepest} ({deepest} {levels} below the root)"
+
+
+def _depths(nodes: Sequence[NodeConfig]) -> dict[str, int]:
+    """Each node's distance from the root, for a tree `load` has checked."""
+    parents = {node.name: node.parent for node in nodes}
+    depths: dict[str, int] = {}
+    for name in parents:
+        depth, current = 0, parents[name]
+        while current is not None:
+            depth, current = depth + 1, parents[current]
+        depths[name] = depth
+    return depths
+
+
+def _copies(topology: Topology) -> str:
+    """Copies per chunk and per record, as the nodes will keep them."""
+    stores = len(topology.stores)
+    chunk = min(topology.replicas, stores)
+    record = min(topology.record_replicas, stores)
+    return (
+        f"{chunk} per chunk, {record} per record (reads and writes need "
+        f"{record // 2 + 1} of them)"
+    )
+
+
+def _bus_security(topology: Topology) -> str:
+    if topology.tls is not None:
+        return f"mutual TLS, CA {topology.tls.ca}, certificates {topology.tls.cert}"
+    if topology.insecure_plain_bus:
+        return (
+            "plain TCP off loopback (insecure_plain_bus): anyone who reaches a "
+            "bus port can join the tree"
+        )
+    return "plain TCP, every bus address on loopback"
+
+
+def _logins(topology: Topology) -> str:
+    auth = topology.auth
+    if auth.mode == NONE:
+        return "none: every request is let in"
+    parts = [auth.mode]
+    if auth.htpasswd is not None:
+        found = "" if auth.htpasswd.exists() else " (not on this machine)"
+        parts.append(f"users in {auth.htpasswd}{found}")
+    if auth.mode == TOKEN:
+        parts.append(f"tokens of {auth.token_issuer} for {auth.token_service}")
+        if auth.trusted_issuers:
+            parts.append(f"{len(auth.trusted_issuers)} trusted issuers")
+    if auth.mode in (BASIC, TOKEN):
+        rules = len(auth.rules)
+        parts.append(
+            f"{rules} rules" if rules else "no rules: every user may do everything"
+        )
+    if auth.anonymous_pull:
+        parts.append("anonymous pull")
+    return ", ".join(parts)
+
+
+def _notifications(topology: Topology) -> str:
+    endpoints = [endpoint.name for endpoint in topology.notifications.endpoints]
+    if not endpoints:
+        return "none"
+    return f"{len(endpoints)} endpoints ({', '.join(endpoints)})"
+
+
+@dataclass(frozen=True)
+class BaseUrl:
+    """Where a registry node's HTTP API is: the one address ``status`` asks."""
+
+    scheme: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+def _base_url(text: str) -> BaseUrl:
+    """An http:// or https:// URL of a host and port, with no path."""
+    parts = urlsplit(text)
+    try:
+        port = parts.port
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: the port is not 1..65535"
+        ) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an http:// or https:// URL")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise argparse.ArgumentTypeError(f"{text!r}: give the node's address only")
+    if parts.username is not None:
+        raise argparse.ArgumentTypeError(f"{text!r}: the status pages need no login")
+    default = 443 if parts.scheme == "https" else 80
+    return BaseUrl(parts.scheme, parts.hostname, port or default)
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < seconds <= 3600:
+        raise argparse.ArgumentTypeError(f"{text} is not in (0, 3600] seconds")
+    return seconds
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One HTTP answer: its status code and its body."""
+
+    status: int
+    body: bytes
+
+
+def http_get(
+    url: BaseUrl, path: str, timeout: float, cafile: Path | None = None
+) -> Answer:
+    """GET `path` of `url`, at that address only: no proxy from the environment,
+    no redirect followed. `Refused` names the address when it cannot be asked."""
+    connection: http.client.HTTPConnection
+    if url.scheme == "https":
+        context = ssl.create_default_context(cafile=cafile)
+        connection = http.client.HTTPSConnection(
+            url.host, url.port, timeout=timeout, context=context
+        )
+    else:
+        connection = http.client.HTTPConnection(url.host, url.port, timeout=timeout)
+    try:
+        connection.request("GET", path, headers={"Accept": "application/json"})
+        response = connection.getresponse()
+        body = response.read(MAX_ANSWER + 1)
+    except (OSError, http.client.HTTPException) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e) or repr(e)
+        raise Refused(
+            f"cannot ask {url}{path}: {why}; is a registry node serving there? "
+            "Give its address with --url"
+        ) from e
+    finally:
+        connection.close()
+    if len(body) > MAX_ANSWER:
+        raise Refused(f"{url}{path} answered more than {MAX_ANSWER} bytes")
+    return Answer(response.status, body)
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """One node of a status document."""
+
+    name: str
+    parent: str | None
+    roles: tuple[str, ...]
+    domain: str
+    weight: float
+    state: str
+    chunks: int | None
+    bytes: int | None
+
+
+@dataclass(frozen=True)
+class StatusView:
+    """The parts of ``/_treescale/status`` that ``status`` prints."""
+
+    node: str
+    cluster: str
+    replicas: int
+    relays: int
+    relays_up: int
+    links: frozenset[str]
+    tree: tuple[NodeView, ...]
+
+
+@dataclass(frozen=True)
+class ReadyView:
+    """The ``/readyz`` answer: ready or not, and the relay counts behind it."""
+
+    ready: bool
+    relays_up: int | None
+    relays_needed: int | None
+
+
+def run_status(args: argparse.Namespace, out: TextIO) -> int:
+    """``treescale status``: ask one node, print its view, exit 1 unless ready."""
+    answer = http_get(args.url, STATUS_PATH, args.timeout, args.cafile)
+    if answer.status != 200:
+        raise Refused(
+            f"{args.url}{STATUS_PATH} answered {answer.status}: not a treescale "
+            "registry node?"
+        )
+    status = parse_status(answer.body, f"{args.url}{STATUS_PATH}")
+    ready = parse_ready(
+        http_get(args.url, READY_PATH, args.timeout, args.cafile),
+        f"{args.url}{READY_PATH}",
+    )
+    for line in render_status(status, ready, str(args.url)):
+        print(line, file=out)
+    return 0 if ready.ready else 1
+
+
+def parse_status(body: bytes, where: str) -> StatusView:
+    """The status document; `Refused` when it is not one."""
+    try:
+        document = json.loads(body)
+        return StatusView(
+            node=_text(document["node"]),
+            cluster=_text(document["cluster"]),
+            replicas=_count(document["replicas"]),
+            relays=_count(document["relays"]),
+            relays_up=_count(document["relays_up"]),
+            links=frozenset(_text(link) for link in _items(document.get("links", []))),
+            tree=tuple(_node_view(entry) for entry in _items(document["tree"])),
+        )
+    except (ValueError, KeyError, TypeError) as e:
+        raise Refused(f"{where} is not a treescale status document ({e})") from e
+
+
+def _node_view(entry: Any) -> NodeView:
+    parent = entry.get("parent")
+    weight = entry.get("weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, int | float):
+        raise TypeError(f"weight {weight!r}")
+    return NodeView(
+        name=_text(entry["name"]),
+        parent=None if parent is None else _text(parent),
+        roles=tuple(_text(role) for role in _items(entry.get("roles", []))),
+        domain=_text(entry.get("domain", entry["name"])),
+        weight=float(weight),
+        state=_text(entry["state"]),
+        chunks=_maybe_count(entry.get("chunks")),
+        bytes=_maybe_count(entry.get("bytes")),
+    )
+
+
+def parse_ready(answer: Answer, where: str) -> ReadyView:
+    """The ``/readyz`` answer: 200 ready, 503 not; anything else is not ready."""
+    try:
+        document = json.loads(answer.body)
+        up = _maybe_count(document.get("relays_up"))
+        needed = _maybe_count(document.get("relays_needed"))
+    except (ValueError, TypeError, AttributeError) as e:
+        raise Refused(f"{where} answered {answer.status} with no readiness") from e
+    if answer.status not in (200, 503):
+        raise Refused(f"{where} answered {answer.status}")
+    return ReadyView(answer.status == 200, up, needed)
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{value!r} is not a string")
+    return value
+
+
+def _count(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise TypeError(f"{value!r} is not a count")
+    return value
+
+
+def _maybe_count(value: object) -> int | None:
+    return None if value is None else _count(value)
+
+
+def _items(value: object) -> list[Any]:
+    if not isinstance(value, list):
+        raise TypeError(f"{value!r} is not a list")
+    return value
+
+
+def render_status(status: StatusView, ready: ReadyView, url: str) -> list[str]:
+    """The tree indented under its root, then replica health and readiness."""
+    lines = [
+        f"cluster {status.cluster}, as node {status.node} at {url} sees it",
+        "",
+        *_table(_status_rows(status)),
+        "",
+        f"relays    {status.relays_up} of {status.relays} up",
+        f"replicas  {replica_health(status.relays, status.relays_up, status.replicas)}",
+        f"ready     {_readiness(ready)}",
+    ]
+    if all(node.chunks is None for node in status.tree if "store" in node.roles):
+        lines.append("(chunks and bytes show '-' until the relays report them)")
+    return lines
+
+
+_COLUMNS = ("NODE", "ROLES", "DOMAIN", "WEIGHT", "STATE", "LINK", "CHUNKS", "BYTES")
+_RIGHT_ALIGNED = frozenset({"WEIGHT", "CHUNKS", "BYTES"})
+
+
+def _status_rows(status: StatusView) -> list[tuple[str, ...]]:
+    """One row per node, depth first from the root, a child indented two spaces."""
+    rows: list[tuple[str, ...]] = []
+    for node, depth in _walk(status.tree):
+        if node.name == status.node:
+            link = "self"
+        else:
+            link = "direct" if node.name in status.links else "-"
+        rows.append(
+            (
+                "  " * depth + node.name,
+                ",".join(node.roles) or "-",
+                node.domain,
+                f"{node.weight:g}",
+                node.state,
+                link,
+                "-" if node.chunks is None else str(node.chunks),
+                "-" if node.bytes is None else _size(node.bytes),
+            )
+        )
+    return rows
+
+
+def _walk(tree: Sequence[NodeView]) -> list[tuple[NodeView, int]]:
+    """Every node with its depth, parents before children, in document order.
+
+    A node whose parent is not in the document is drawn as a root, and a node
+    met twice (a cycle a broken answer might hold) only once.
+    """
+    names = {node.name for node in tree}
+    children: dict[str | None, list[NodeView]] = {}
+    for node in tree:
+        parent = node.parent if node.parent in names else None
+        children.setdefault(parent, []).append(node)
+
+    walked: list[tuple[NodeView, int]] = []
+    seen: set[str] = set()
+    stack = [(node, 0) for node in reversed(children.get(None, []))]
+    while stack:
+        node, depth = stack.pop()
+        if node.name in seen:
+            continue
+        seen.add(node.name)
+        walked.append((node, depth))
+        stack += [(child, depth + 1) for child in reversed(children.get(node.name, []))]
+    walked += [(node, 0) for node in tree if node.name not in seen]
+    return walked
+
+
+def _table(rows: Sequence[tuple[str, ...]]) -> list[str]:
+    """Rows under the column heads, each column as wide as its widest cell."""
+    widths = [
+        max(len(cell) for cell in column)
+        for column in zip(_COLUMNS, *rows, strict=True)
+    ]
+    lines = []
+    for row in [_COLUMNS, *rows]:
+        cells = [
+            cell.rjust(width) if head in _RIGHT_ALIGNED else cell.ljust(width)
+            for cell, width, head in zip(row, widths, _COLUMNS, strict=True)
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return lines
+
+
+def replica_health(relays: int, relays_up: int, replicas: int) -> str:
+    """What the relays that are down mean for the chunks' copies.
+
+    Every chunk a push completed is on `replicas` distinct relays (fewer only
+    when the tree has fewer), so while fewer relays than that are down each
+    chunk still has a copy up.
+    """
+    copies = min(replicas, relays)
+    down = relays - relays_up
+    if down <= 0:
+        return f"healthy: every relay up, {copies} copies of each chunk"
+    if down < copies:
+        return (
+            f"degraded: {down} relay(s) down; every chunk still has a copy up "
+            f"({copies} copies each)"
+        )
+    return (
+        f"at risk: {down} relays down and {copies} copies of each chunk: chunks "
+        "whose copies are all on those relays cannot be read until one returns"
+    )
+
+
+def _readiness(ready: ReadyView) -> str:
+    word = "yes" if ready.ready else "NO"
+    if ready.relays_up is None or ready.relays_needed is None:
+        return word
+    return f"{word} ({ready.relays_up} relays reached, {ready.relays_needed} needed)"
+
+
+def _size(count: int) -> str:
+    """A byte count in binary units, as an operator reads it."""
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{count} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def run_htpasswd(args: argparse.Namespace, out: TextIO) -> int:
+    """``treescale htpasswd``: add, replace or delete one user's line, atomically."""
+    check_user_name(args.user)
+    path = args.file.resolve() if args.file.exists() else args.file
+    old = _read_htpasswd_text(path)
+
+    if args.delete:
+        line = None
+    else:
+        password = read_password(sys.stdin, getpass.getpass)
+        line = bcrypt_line(args.user, password, args.cost)
+    text, had = edited_htpasswd(old or "", args.user, line)
+
+    if line is None and not had:
+        raise Refused(f"{path} has no user {args.user!r}; nothing changed")
+    try:
+        parse_htpasswd(text.encode("utf-8"), path)
+    except HtpasswdError as e:
+        raise Refused(f"not written: the registry would refuse the result: {e}") from e
+    replace_file(path, text.encode("utf-8"), NEW_FILE_MODE)
+
+    done = "removed" if line is None else ("replaced" if had else "added")
+    print(f"{done} user {args.user!r} in {path}", file=out)
+    return 0
+
+
+def check_user_name(user: str) -> None:
+    """A name an htpasswd line can hold and a login can send."""
+    if not user or user != user.strip():
+        raise Refused(
+            f"{user!r}: a user name must be non-empty, without spaces at its ends"
+        )
+    if ":" in user or user.startswith("#"):
+        raise Refused(f"{user!r}: a user name cannot hold ':' or start with '#'")
+    if any(ord(char) < 32 or ord(char) == 127 for char in user):
+        raise Refused(f"{user!r}: a user name cannot hold control characters")
+
+
+def read_password(stdin: TextIO, ask: Callable[[str], str]) -> bytes:
+    """The new password: asked twice on a terminal, else the first line of input."""
+    if stdin.isatty():
+        try:
+            first = ask("New password: ")
+            again = ask("Repeat it: ")
+        except EOFError:
+            raise Refused("no password given") from None
+        if first != again:
+            raise Refused("the two passwords differ; nothing changed")
+        text = first
+    else:
+        text = stdin.readline().removesuffix("\n").removesuffix("\r")
+    password = text.encode("utf-8")
+    if not password:
+        raise Refused("the password is empty; nothing changed")
+    if len(password) > BCRYPT_MAX_PASSWORD:
+        raise Refused(
+            f"the password is {len(password)} bytes; bcrypt uses only the first "
+            f"{BCRYPT_MAX_PASSWORD}, so choose one of at most that"
+        )
+    return password
+
+
+def bcrypt_line(user: str, password: bytes, cost: int) -> str:
+    """``user:hash`` with the ``$2y$`` bcrypt hash that ``htpasswd -B`` writes.
+
+    ``$2b$`` and ``$2y$`` name the same algorithm; ``$2y$`` is what Apache's tool
+    and CNCF distribution's examples use.
+    """
+    hashed = bcrypt.hashpw(password, bcrypt.gensalt(rounds=cost)).decode("ascii")
+    return f"{user}:$2y${hashed.removeprefix('$2b$')}"
+
+
+def edited_htpasswd(text: str, user: str, line: str | None) -> tuple[str, bool]:
+    """`text` with `user`'s line replaced by `line` (None: removed), and whether
+    the user was there. Other lines, comments included, are kept as they are; a
+    new user's line goes at the end."""
+    kept: list[str] = []
+    had = False
+    for existing in text.splitlines():
+        name, colon, _ = existing.strip().partition(":")
+        if colon and name == user:
+            if not had and line is not None:
+                kept.append(line)
+            had = True
+            continue
+        kept.append(existing)
+    if not had and line is not None:
+        kept.append(line)
+    return "".join(f"{each}\n" for each in kept), had
+
+
+def _read_htpasswd_text(path: Path) -> str | None:
+    try:
+        return path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        return None
+    except UnicodeDecodeError:
+        raise Refused(f"{path} is not UTF-8 text; not changed") from None
+    except OSError as e:
+        raise Refused(f"cannot read {path}: {e.strerror}") from e
+
+
+def replace_file(path: Path, data: bytes, new_mode: int) -> None:
+    """Put `data` at `path` by renaming a complete, synced file over it.
+
+    A new file gets `new_mode`; an existing one keeps its mode and, when this
+    process may set it, its owner, so a registry node running as another user
+    can still read it.
+    """
+    try:
+        previous = path.stat()
+    except FileNotFoundError:
+        previous = None
+    try:
+        descriptor, temporary = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.name}."
+        )
+    except OSError as e:
+        raise Refused(f"cannot write in {path.parent}: {e.strerror}") from e
+    try:
+        mode = new_mode if previous is None else previous.st_mode & 0o7777
+        os.fchmod(descriptor, mode)
+        if previous is not None:
+            with contextlib.suppress(PermissionError):
+                os.fchown(descriptor, previous.st_uid, previous.st_gid)
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except OSError as e:
+        Path(temporary).unlink(missing_ok=True)
+        raise Refused(f"cannot write {path}: {e.strerror}") from e
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    _sync_folder(path.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a rename in `folder` survive a power loss, where the system allows."""
+    with contextlib.suppress(OSError):
+        descriptor = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+
+def _bcrypt_cost(text: str) -> int:
+    try:
+        cost = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not MIN_COST <= cost <= MAX_COST:
+        raise argparse.ArgumentTypeError(f"{cost} is not in {MIN_COST}..{MAX_COST}")
+    return cost
+
+
+def run_config_reference(args: argparse.Namespace, out: TextIO) -> int:
+    """``treescale config-reference``: print the reference built from the code."""
+    out.write(reference())
+    return 0
+
+
+def run_not_yet(args: argparse.Namespace, out: TextIO) -> int:
+    """``gc`` and ``rebalance``: say they do not exist yet, and do nothing."""
+    print(
+        f"{PROGRAM} {args.command}: not available yet: "
+        f"{NOT_YET[args.command]} is not built; nothing was done",
+        file=sys.stderr,
+    )
+    return 2
 
 
 if __name__ == "__main__":

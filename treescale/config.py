@@ -31,27 +31,13 @@ from treescale.ops.settings import (
     parse_notifications,
 )
 from treescale.registry.settings import RegistrySettings, parse_registry_settings
+from treescale.store.scrub_settings import ScrubSettings, parse_scrub_settings
 
 __all__ = ["Address", "ConfigError", "NodeConfig", "Topology", "load", "parse"]
 
 ROLES = frozenset({"registry", "store"})
 TOP_FIELDS = frozenset(
-    {"cluster", "node", "registry", "auth", "tls", "notifications", "log"}
-)
-CLUSTER_FIELDS = frozenset(
-    {
-        "name",
-        "data_dir",
-        "chunk_size",
-        "replicas",
-        "record_replicas",
-        "window",
-        "buffer_chunks",
-        "insecure_plain_bus",
-    }
-)
-NODE_FIELDS = frozenset(
-    {"name", "id", "bus", "parent", "roles", "http", "weight", "domain"}
+    {"cluster", "node", "registry", "auth", "tls", "notifications", "log", "scrub"}
 )
 
 DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
@@ -59,6 +45,7 @@ DEFAULT_REPLICAS = 2
 DEFAULT_RECORD_REPLICAS = 3
 DEFAULT_WINDOW = 8
 DEFAULT_BUFFER_CHUNKS = 64
+DEFAULT_DATA_DIR = "./treescale-data"
 
 # Bounds that keep a typo from taking a node down: a chunk must fit comfortably in
 # memory and travel as a handful of bus pieces.
@@ -66,6 +53,168 @@ MIN_CHUNK_SIZE = 64 * 1024
 MAX_CHUNK_SIZE = 64 * 1024 * 1024
 MAX_WINDOW = 256
 MAX_BUFFER_CHUNKS = 65536
+MAX_REPLICAS = 16
+MAX_NODE_ID = 100_000
+
+
+class _Required:
+    """The default of a field the file must set."""
+
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Any = _Required()
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One field of the ``[cluster]`` or ``[[node]]`` table.
+
+    These two tables are parsed by hand (their checks reach across fields), so each
+    field is stated once here: the parser takes its default and bounds from this
+    table, and the configuration reference (`treescale.settings_doc`) prints it.
+    """
+
+    name: str
+    type: type
+    default: Any
+    doc: str
+    bounds: tuple[int, int] | None = None
+    shown_default: str | None = None
+    """What the reference shows as the default when it is not a fixed value."""
+
+
+CLUSTER_SETTINGS = (
+    Setting(
+        "name",
+        str,
+        "treescale",
+        "name of the cluster: a peer of another cluster is refused, and with [tls] "
+        "it is part of every certificate's name",
+    ),
+    Setting(
+        "data_dir",
+        str,
+        DEFAULT_DATA_DIR,
+        "folder under which each store relay keeps its data, in "
+        "DATA_DIR/<node name>/; a relative path is relative to the folder twistd "
+        "starts in, and twistd's --data-dir overrides it",
+    ),
+    Setting(
+        "chunk_size",
+        int,
+        DEFAULT_CHUNK_SIZE,
+        "bytes a blob is cut into (its last chunk may be shorter)",
+        (MIN_CHUNK_SIZE, MAX_CHUNK_SIZE),
+    ),
+    Setting(
+        "replicas",
+        int,
+        DEFAULT_REPLICAS,
+        "relays holding each chunk, in distinct failure domains where the tree has "
+        "them; a value written may not exceed the store nodes, the default is cut "
+        "down to them",
+        (1, MAX_REPLICAS),
+    ),
+    Setting(
+        "record_replicas",
+        int,
+        DEFAULT_RECORD_REPLICAS,
+        "relays holding each record (tags, recipes, links, upload sessions); "
+        "reads and writes need a majority of them; limited to the store nodes as "
+        "replicas is",
+        (1, MAX_REPLICAS),
+    ),
+    Setting(
+        "window",
+        int,
+        DEFAULT_WINDOW,
+        "chunks in flight per upload and per download",
+        (1, MAX_WINDOW),
+    ),
+    Setting(
+        "buffer_chunks",
+        int,
+        DEFAULT_BUFFER_CHUNKS,
+        "chunks a registry node holds in memory for all its transfers together; "
+        "at least window",
+        (1, MAX_BUFFER_CHUNKS),
+    ),
+    Setting(
+        "insecure_plain_bus",
+        bool,
+        False,
+        "allow a plain TCP bus that is not all loopback: anyone who reaches a bus "
+        "port can then join the tree; only for networks private by other means, "
+        "and not together with [tls]",
+    ),
+)
+
+NODE_SETTINGS = (
+    Setting(
+        "name",
+        str,
+        REQUIRED,
+        "unique name of the node: letters, digits, '-', '_' or '.' (with [tls], "
+        "one lower-case DNS label: letters, digits and '-')",
+    ),
+    Setting(
+        "id",
+        int,
+        REQUIRED,
+        "unique number; the node's routing prime is the id-th prime, so keep a "
+        "node's id when you edit the tree",
+        (1, MAX_NODE_ID),
+    ),
+    Setting(
+        "bus",
+        str,
+        REQUIRED,
+        "HOST:PORT the node's bus listens on (an IPv6 host in brackets); its "
+        "children dial it there",
+    ),
+    Setting(
+        "parent",
+        str,
+        None,
+        "name of the node's parent in the tree; exactly one node, the root, has none",
+    ),
+    Setting(
+        "roles",
+        list,
+        ("store",),
+        'what the node does: "registry" serves the HTTP API, "store" keeps '
+        "chunks and records on its disk; one or both",
+    ),
+    Setting(
+        "http",
+        str,
+        None,
+        "(registry nodes, required there) Twisted endpoint string the HTTP API "
+        'listens on, e.g. "tcp:5000:interface=127.0.0.1"',
+    ),
+    Setting(
+        "weight",
+        float,
+        1.0,
+        "(store nodes) share of chunks and records relative to the other relays; "
+        "a positive number",
+    ),
+    Setting(
+        "domain",
+        str,
+        None,
+        "(store nodes) failure domain: copies go to distinct domains where there "
+        "are enough of them",
+        shown_default="the node's name",
+    ),
+)
+
+CLUSTER_FIELDS = frozenset(setting.name for setting in CLUSTER_SETTINGS)
+NODE_FIELDS = frozenset(setting.name for setting in NODE_SETTINGS)
+_CLUSTER = {setting.name: setting for setting in CLUSTER_SETTINGS}
+_NODE = {setting.name: setting for setting in NODE_SETTINGS}
 
 
 @dataclass(frozen=True)
@@ -120,6 +269,7 @@ class Topology:
         default_factory=NotificationSettings
     )
     log: LogSettings = dataclasses.field(default_factory=LogSettings)
+    scrub: ScrubSettings = dataclasses.field(default_factory=ScrubSettings)
     tls: TlsSettings | None = None
     """The ``[tls]`` table; None leaves the bus plain TCP (loopback only)."""
     insecure_plain_bus: bool = False
@@ -182,43 +332,25 @@ def parse(
     chosen_dir = data_dir if data_dir is not None else cluster.get("data_dir")
     topology = Topology(
         source=source,
-        cluster=_string(cluster.get("name", "treescale"), source, None, "cluster.name"),
+        cluster=_string(
+            cluster.get("name", _CLUSTER["name"].default),
+            source,
+            None,
+            "cluster.name",
+        ),
         data_dir=Path(
             _string(
-                str(chosen_dir or "./treescale-data"), source, None, "cluster.data_dir"
+                str(chosen_dir or _CLUSTER["data_dir"].default),
+                source,
+                None,
+                "cluster.data_dir",
             )
         ),
-        chunk_size=_bounded_int(
-            cluster.get("chunk_size", DEFAULT_CHUNK_SIZE),
-            source,
-            "cluster.chunk_size",
-            MIN_CHUNK_SIZE,
-            MAX_CHUNK_SIZE,
-        ),
-        replicas=_bounded_int(
-            cluster.get("replicas", DEFAULT_REPLICAS), source, "cluster.replicas", 1, 16
-        ),
-        record_replicas=_bounded_int(
-            cluster.get("record_replicas", DEFAULT_RECORD_REPLICAS),
-            source,
-            "cluster.record_replicas",
-            1,
-            16,
-        ),
-        window=_bounded_int(
-            cluster.get("window", DEFAULT_WINDOW),
-            source,
-            "cluster.window",
-            1,
-            MAX_WINDOW,
-        ),
-        buffer_chunks=_bounded_int(
-            cluster.get("buffer_chunks", DEFAULT_BUFFER_CHUNKS),
-            source,
-            "cluster.buffer_chunks",
-            1,
-            MAX_BUFFER_CHUNKS,
-        ),
+        chunk_size=_cluster_int(cluster, "chunk_size", source),
+        replicas=_cluster_int(cluster, "replicas", source),
+        record_replicas=_cluster_int(cluster, "record_replicas", source),
+        window=_cluster_int(cluster, "window", source),
+        buffer_chunks=_cluster_int(cluster, "buffer_chunks", source),
         nodes=nodes,
     )
     topology = replace(
@@ -231,6 +363,9 @@ def parse(
         auth=parse_auth(raw.get("auth", {}), source, check_files=False),
         notifications=parse_notifications(raw.get("notifications", {}), source),
         log=parse_log(raw.get("log", {}), source),
+        scrub=parse_scrub_settings(
+            _table(raw.get("scrub", {}), source, None, "scrub"), source
+        ),
     )
     topology = _with_bus_security(topology, raw, cluster)
     _check_stores(topology)
@@ -262,7 +397,7 @@ def _with_bus_security(
 ) -> Topology:
     """The ``[tls]`` table and the plain-bus escape hatch, which exclude each other."""
     source = topology.source
-    insecure = cluster.get("insecure_plain_bus", False)
+    insecure = cluster.get("insecure_plain_bus", _CLUSTER["insecure_plain_bus"].default)
     if not isinstance(insecure, bool):
         raise ConfigError(source, None, "cluster.insecure_plain_bus", "true or false")
     if "tls" not in raw:
@@ -286,7 +421,7 @@ def _parse_node(table: object, source: Path, index: int) -> NodeConfig:
     if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
         raise ConfigError(source, name, "name", "use letters, digits, '-', '_' or '.'")
 
-    roles_raw = node.get("roles", ["store"])
+    roles_raw = node.get("roles", list(_NODE["roles"].default))
     if not isinstance(roles_raw, list) or not roles_raw:
         raise ConfigError(source, name, "roles", "a non-empty list of roles")
     roles = frozenset(str(role) for role in roles_raw)
@@ -312,13 +447,13 @@ def _parse_node(table: object, source: Path, index: int) -> NodeConfig:
         http = _check_endpoint(_string(http, source, name, "http"), source, name)
 
     parent = node.get("parent")
-    weight = node.get("weight", 1.0)
+    weight = node.get("weight", _NODE["weight"].default)
     if isinstance(weight, bool) or not isinstance(weight, int | float) or weight <= 0:
         raise ConfigError(source, name, "weight", "a positive number")
 
     return NodeConfig(
         name=name,
-        id=_bounded_int(node.get("id"), source, "id", 1, 100_000, node=name),
+        id=_bounded_int(node.get("id"), source, "id", *_bounds(_NODE["id"]), node=name),
         bus=_parse_address(node.get("bus"), source, name),
         parent=None if parent is None else _string(parent, source, name, "parent"),
         roles=roles,
@@ -326,6 +461,22 @@ def _parse_node(table: object, source: Path, index: int) -> NodeConfig:
         weight=float(weight),
         domain=_string(node.get("domain", name), source, name, "domain"),
     )
+
+
+def _cluster_int(cluster: Mapping[str, Any], name: str, source: Path) -> int:
+    """A whole-number field of ``[cluster]``, its default and bounds from the table."""
+    setting = _CLUSTER[name]
+    return _bounded_int(
+        cluster.get(name, setting.default),
+        source,
+        f"cluster.{name}",
+        *_bounds(setting),
+    )
+
+
+def _bounds(setting: Setting) -> tuple[int, int]:
+    assert setting.bounds is not None, setting.name
+    return setting.bounds
 
 
 def _check_endpoint(description: str, source: Path, node: str) -> str:

@@ -16,16 +16,20 @@ without one starts only if its bus is all on loopback (`plain_bus_refusal`).
 import datetime
 import json
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 from twisted.application import strports
 from twisted.application.service import IService, MultiService
+from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
-from twisted.web.server import Request, Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from treescale.auth.authenticator import TOKEN_PATH, Authenticator
 from treescale.auth.endpoint import TokenResource
@@ -45,6 +49,9 @@ from treescale.web.page import StatusPage
 from treescale.web.status import tree_status
 
 log = Logger()
+
+STATUS_REPAIR_TIMEOUT = 3.0
+"""Seconds the status document waits for the relays' repair records."""
 
 STATUS_PAGE_PATH = b"/_treescale"
 """Where the status page is (with or without its trailing slash)."""
@@ -84,6 +91,7 @@ def make_node_service(topology: Topology, node: NodeConfig, reactor: Any) -> ISe
             reactor,
             reactor.getThreadPool(),
             max_chunk=topology.chunk_size,
+            scrub=topology.scrub,
         )
     if node.is_registry:
         assert node.http is not None
@@ -145,7 +153,7 @@ def make_site(bus: BusNode, topology: Topology, node: NodeConfig, reactor: Any) 
     if authenticator is not None and topology.auth.mode == TOKEN:
         tokens = TokenResource(authenticator)
     site.resource = _WithStatus(
-        site.resource, bus, storage, topology, tokens, ops.pages
+        site.resource, bus, storage, topology, reactor, tokens, ops.pages
     )
     return site
 
@@ -191,6 +199,7 @@ class _WithStatus(Resource):
         bus: BusNode,
         storage: ClusterStorage,
         topology: Topology,
+        clock: IReactorTime,
         tokens: Resource | None = None,
         pages: Mapping[bytes, Resource] | None = None,
     ) -> None:
@@ -202,6 +211,7 @@ class _WithStatus(Resource):
         self.pages = pages or {}
         self.topology = topology
         self.status_page: Resource = StatusPage()
+        self.clock = clock
 
     def render(self, request: Request) -> bytes | int:
         path = request.path.rstrip(b"/")
@@ -214,11 +224,38 @@ class _WithStatus(Resource):
             return self.status_page.render(request)  # type: ignore[no-any-return]
         if path != b"/_treescale/status":
             return self.inner.render(request)  # type: ignore[no-any-return]
+        answer = Deferred.fromCoroutine(self._status(request))
+        answer.addErrback(self._status_failed, request)
+        return NOT_DONE_YET
+
+    async def _status(self, request: Request) -> None:
+        """The tree's state, with every relay's repair progress when the records
+        answer within `STATUS_REPAIR_TIMEOUT` (else ``repair`` is null)."""
         status = tree_status(self.topology, self.bus.me.name, self.bus.reachable)
         status["links"] = sorted(self.bus.links)
+        reading = Deferred.fromCoroutine(self.storage.repair_status(time.time()))
+        reading.addTimeout(STATUS_REPAIR_TIMEOUT, self.clock)
+        try:
+            status["repair"] = await reading
+        except Exception as e:  # a slow or failed record read leaves it out
+            log.info("status without repair progress: {why}", why=str(e))
+            status["repair"] = None
+        if request.finished or _client_gone(request):
+            return
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
-        return json.dumps(status).encode()
+        request.write(json.dumps(status).encode())
+        request.finish()
+
+    def _status_failed(self, failure: Failure, request: Request) -> None:
+        log.failure("status page failed", failure)
+        if not request.finished and not _client_gone(request):
+            request.setResponseCode(500)
+            request.finish()
+
+
+def _client_gone(request: Request) -> bool:
+    return request.channel is None
 
 
 def fail_start(message: str) -> NoReturn:

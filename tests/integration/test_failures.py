@@ -613,3 +613,86 @@ def test_frozen_relay_does_not_stall_reads(
 
     assert (status, body) == (200, image.manifest_bytes), f"after {elapsed:.1f} s"
     assert elapsed < 5.0
+
+
+# A relay lost during a push, as the issue states it: the push completes, every
+# chunk on two live relays.
+
+
+def test_push_completes_with_two_live_copies_when_a_relay_dies(
+    cluster: Cluster, skopeo: Skopeo, tmp_path: Path
+) -> None:
+    """A relay killed mid-push: the push still succeeds, and once it has, every
+    chunk of the image is on both relays left alive."""
+    fresh = write_random_image(tmp_path / "fresh", "fresh", [24 * MiB, 2 * MiB])
+    victim = "relay-a"
+    arguments = (
+        "copy",
+        "--dest-tls-verify=false",
+        f"oci:{fresh.layout}:{fresh.tag}",
+        f"docker://{reference(cluster, 'fresh')}",
+    )
+    forget_uploads()
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pushing = pool.submit(skopeo.run, *arguments)
+        wait_until(
+            lambda: len(chunk_names(cluster, victim)) >= 3,
+            f"chunks reaching {victim}",
+            WAIT_TIMEOUT,
+        )
+        still_pushing = not pushing.done()
+        cluster.stop_node(victim, kill=True)
+        pushed = pushing.result(timeout=120)
+
+    assert still_pushing, "the push ended before the relay was killed"
+    assert pushed.returncode == 0, pushed.stderr.decode(errors="replace")
+    live = [relay for relay in cluster.relays if relay != victim]
+    short = [
+        name
+        for name in image_chunk_names(fresh)
+        if sum(name in chunk_names(cluster, relay) for relay in live) < REPLICAS
+    ]
+    assert short == []
+    assert served_wrong(cluster, REPOSITORY, fresh) == []
+    assert nodes_with_tracebacks(cluster) == []
+
+
+# A relay frozen, neither dead nor answering: its link times out, and meanwhile
+# pushes and pulls go to the other holders.
+
+# The registry drops a link it has not heard from in idle_timeout (20 s), checked
+# each heartbeat (5 s): a frozen relay is let go within this.
+FROZEN_NOTICED_WITHIN = 30.0
+
+
+def test_frozen_relay_stalls_neither_push_nor_pull_and_is_let_go(
+    cluster: Cluster, skopeo: Skopeo, tmp_path: Path
+) -> None:
+    """With one relay frozen by SIGSTOP, a push and a pull complete whole; the
+    registry drops the relay's link within the heartbeat timeout; thawed, the relay
+    links again."""
+    fresh = write_random_image(tmp_path / "fresh", "fresh", [6 * MiB, 1 * MiB])
+    registry_log_before = len(cluster.log_text(REGISTRY))
+
+    with frozen(cluster, "relay-a"):
+        frozen_at = time.monotonic()
+        skopeo.push(fresh, reference(cluster, "fresh"))
+        pushed_in = time.monotonic() - frozen_at
+        wrong = served_wrong(cluster, REPOSITORY, fresh)
+        wait_until(
+            lambda: (
+                "bus link down: registry <-> relay-a"
+                in cluster.log_text(REGISTRY)[registry_log_before:]
+            ),
+            "the frozen relay's link dropped",
+            FROZEN_NOTICED_WITHIN - (time.monotonic() - frozen_at),
+        )
+        noticed_in = time.monotonic() - frozen_at
+
+    assert wrong == []
+    assert pushed_in < FROZEN_NOTICED_WITHIN, f"push took {pushed_in:.1f} s"
+    assert noticed_in < FROZEN_NOTICED_WITHIN
+    cluster.wait_for_relays(len(RELAYS))
+    assert_pulls_back(skopeo, reference(cluster, "fresh"), fresh, tmp_path / "p1")
+    assert nodes_with_tracebacks(cluster) == []

@@ -1,6 +1,7 @@
 """Tests of blobs as recipes: the recipe format, the chunker's window, the reader's."""
 
 import hashlib
+import json
 from typing import Any, cast
 
 import pytest
@@ -15,8 +16,10 @@ from treescale.store.blobs import (
     ChunkedUpload,
     ChunkRef,
     Recipe,
+    UploadState,
     read_blob,
     recipe_key,
+    resume_upload,
 )
 from treescale.store.budget import ChunkBudget
 from treescale.store.chunkclient import ChunkClient
@@ -587,3 +590,197 @@ def test_upload_waiting_for_room_pauses_its_body() -> None:
     assert not body.paused
     chunks.puts[1][2].callback(None)
     assert budget.free == 1
+
+
+# Saving an upload part way, and taking it up again.
+
+
+class KeepingChunks(FakeChunks):
+    """Fake chunks that also keep what was put, so gets can be answered from it,
+    and say which relays took each put."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kept: dict[str, bytes] = {}
+        self.reachable: set[str] = {"r1", "r2", "r3"}
+        self.top_ups: list[tuple[str, list[str]]] = []
+
+    def put(self, digest: str, data: bytes) -> "Deferred[Any]":
+        self.kept[digest] = data
+        d: Deferred[Any] = Deferred()
+        self.puts.append((digest, data, d))
+        d.callback(["r1", "r2"])
+        return d
+
+    def get(self, digest: str, size: int) -> "Deferred[bytes]":
+        d: Deferred[bytes] = Deferred()
+        self.gets.append((digest, size, d))
+        d.callback(self.kept[digest])
+        return d
+
+    def short_of_copies(self, holders: list[str]) -> bool:
+        return sum(1 for name in holders if name in self.reachable) < 2
+
+    async def top_up(self, digest: str, size: int, holders: list[str]) -> list[str]:
+        self.top_ups.append((digest, list(holders)))
+        return [name for name in holders if name in self.reachable] + ["r3"]
+
+
+def keeping_upload(
+    chunks: KeepingChunks | None = None,
+) -> tuple[ChunkedUpload, KeepingChunks, FakeRecords]:
+    """An upload over chunks that keep their bytes, cutting CHUNK-byte chunks."""
+    chunks = chunks or KeepingChunks()
+    records = FakeRecords()
+    up = ChunkedUpload(cast(ChunkClient, chunks), cast(RecordClient, records), CHUNK, 4)
+    return up, chunks, records
+
+
+def resumed(state: bytes, chunks: KeepingChunks) -> tuple[ChunkedUpload, FakeRecords]:
+    """The upload a saved state describes, over the same chunks."""
+    records = FakeRecords()
+    d = ensureDeferred(
+        resume_upload(
+            cast(ChunkClient, chunks),
+            cast(RecordClient, records),
+            CHUNK,
+            4,
+            None,
+            UploadState.decode(state),
+        )
+    )
+    return success(d), records
+
+
+BLOB = bytes((n * 13) % 256 for n in range(450))
+
+
+def test_checkpoint_stores_the_partial_chunk_and_describes_the_upload() -> None:
+    """A checkpoint puts the partial last chunk and names every chunk so far."""
+    up, chunks, _ = keeping_upload()
+    up.write(BLOB[:250])
+
+    state = UploadState.decode(success(ensureDeferred(up.checkpoint())))
+
+    assert [ref.size for ref in state.chunks] == [100, 100]
+    assert state.tail == ChunkRef(sha256_digest(BLOB[200:250]), 50)
+    assert chunks.kept[state.tail.digest] == BLOB[200:250]
+    assert state.size == 250
+    assert state.hash is not None and state.hash.length == 250
+
+
+def test_checkpoint_twice_puts_the_tail_once() -> None:
+    """With no byte written between two checkpoints, the tail is not put again."""
+    up, chunks, _ = keeping_upload()
+    up.write(BLOB[:150])
+    success(ensureDeferred(up.checkpoint()))
+    puts = len(chunks.puts)
+
+    success(ensureDeferred(up.checkpoint()))
+
+    assert len(chunks.puts) == puts
+
+
+def test_finish_after_a_checkpoint_reuses_the_stored_tail() -> None:
+    """The last chunk a checkpoint already stored is not put again at finish."""
+    up, chunks, records = keeping_upload()
+    up.write(BLOB)
+    success(ensureDeferred(up.checkpoint()))
+    puts = len(chunks.puts)
+
+    assert success(ensureDeferred(up.finish(sha256_digest(BLOB)))) == len(BLOB)
+
+    assert len(chunks.puts) == puts
+    stored = records.values[recipe_key(sha256_digest(BLOB))]
+    assert stored is not None
+    assert [ref.size for ref in Recipe.decode(stored).chunks] == [100] * 4 + [50]
+
+
+@pytest.mark.parametrize("keep_hash", [True, False], ids=["restored", "rehashed"])
+def test_resumed_upload_goes_on_to_the_same_blob(keep_hash: bool) -> None:
+    """An upload saved part way and taken up elsewhere ends with the same recipe,
+    whether its hash is restored or computed again from its chunks."""
+    up, chunks, _ = keeping_upload()
+    up.write(BLOB[:270])
+    state = success(ensureDeferred(up.checkpoint()))
+    if not keep_hash:
+        document = json.loads(state)
+        document["hash"] = None
+        state = json.dumps(document).encode()
+    gets = len(chunks.gets)
+
+    again, records = resumed(state, chunks)
+    again.write(BLOB[270:])
+    finished = ensureDeferred(again.finish(sha256_digest(BLOB)))
+
+    assert success(finished) == len(BLOB)
+    assert again.size == len(BLOB)
+    stored = records.values[recipe_key(sha256_digest(BLOB))]
+    assert stored is not None
+    assert Recipe.decode(stored) == recipe_of(BLOB, [100] * 4 + [50])
+    # The tail is always fetched back; the chunks only when hashing again.
+    assert len(chunks.gets) - gets == (1 if keep_hash else 3)
+
+
+def test_resumed_upload_refuses_the_wrong_digest() -> None:
+    """A resumed upload still checks the whole blob's digest."""
+    up, chunks, _ = keeping_upload()
+    up.write(BLOB[:120])
+    again, records = resumed(success(ensureDeferred(up.checkpoint())), chunks)
+    again.write(b"not the rest")
+
+    finished = ensureDeferred(again.finish(sha256_digest(BLOB)))
+
+    assert isinstance(failure(finished).value, DigestMismatch)
+    assert records.values == {}
+
+
+def test_upload_state_round_trips_and_refuses_what_does_not_add_up() -> None:
+    """A state encodes and decodes to itself; one whose sizes disagree is refused."""
+    state = UploadState(
+        "sha256",
+        150,
+        (ChunkRef("sha256:" + "a" * 64, 100),),
+        ChunkRef("sha256:" + "b" * 64, 50),
+        None,
+    )
+
+    assert UploadState.decode(state.encode()) == state
+    document = json.loads(state.encode())
+    document["size"] = 151
+    with pytest.raises(ValueError, match="does not add up"):
+        UploadState.decode(json.dumps(document).encode())
+    for broken in (b"[]", b'{"version": 1}', b'{"version": 9}'):
+        with pytest.raises(ValueError):
+            UploadState.decode(broken)
+
+
+# Copies topped up before the recipe is written.
+
+
+def test_chunk_that_lost_a_holder_is_topped_up_before_the_recipe() -> None:
+    """A relay that took chunks and then went away has them copied again before
+    finish writes the recipe."""
+    up, chunks, records = keeping_upload()
+    up.write(BLOB[:200])
+    chunks.reachable.discard("r2")
+
+    finished = ensureDeferred(up.finish(sha256_digest(BLOB[:200])))
+
+    assert success(finished) == 200
+    assert [digest for digest, _ in chunks.top_ups] == [
+        sha256_digest(BLOB[:100]),
+        sha256_digest(BLOB[100:200]),
+    ]
+    assert all(holders == ["r1", "r2"] for _, holders in chunks.top_ups)
+    assert recipe_key(sha256_digest(BLOB[:200])) in records.values
+
+
+def test_chunks_on_enough_relays_are_not_topped_up() -> None:
+    """With every holder reachable, finish copies nothing again."""
+    up, chunks, _ = keeping_upload()
+    up.write(BLOB[:200])
+
+    success(ensureDeferred(up.finish(sha256_digest(BLOB[:200]))))
+
+    assert chunks.top_ups == []

@@ -454,3 +454,79 @@ def test_put_and_get_over_the_bus(relay_tree: BusTree, tmp_path: Path) -> None:
     relay_tree.flush()
 
     assert success(fetched) == data
+
+
+# What a put reports, topping copies up, and relays that lag.
+
+
+def test_put_returns_the_relays_that_took_the_chunk() -> None:
+    """A put answers with the relays that stored the chunk."""
+    order = candidates()
+    bus = FakeBus()
+    bus.auto = {name: Call.reply for name in RELAYS}
+
+    assert sorted(success(put(client(bus)))) == sorted(order[:2])
+
+
+def test_short_of_copies_counts_reachable_holders() -> None:
+    """A chunk is short of copies when fewer than two of its holders are up."""
+    chunks = client(FakeBus(["r1", "r2", "r3"]))
+
+    assert not chunks.short_of_copies(["r1", "r2"])
+    assert chunks.short_of_copies(["r1", "r4"])
+    assert chunks.short_of_copies(["r1", "r1"])
+
+
+def test_top_up_copies_a_verified_chunk_to_one_more_relay() -> None:
+    """A chunk with one holder left is fetched from it and put on one more relay."""
+    order = candidates()
+    bus = FakeBus([name for name in RELAYS if name != order[1]])
+    bus.auto = {
+        name: (
+            lambda call: (
+                call.reply(DATA) if call.kind == Kind.CHUNK_GET else call.reply()
+            )
+        )
+        for name in RELAYS
+    }
+
+    holders = success(
+        ensureDeferred(client(bus).top_up(DIGEST, len(DATA), [order[0], order[1]]))
+    )
+
+    assert holders == [order[0], order[2]]
+    kinds = [(call.dest, call.kind) for call in bus.calls]
+    assert kinds == [(order[0], Kind.CHUNK_GET), (order[2], Kind.CHUNK_PUT)]
+
+
+def test_top_up_of_a_chunk_with_enough_copies_does_nothing() -> None:
+    """With enough reachable holders, top_up sends nothing."""
+    bus = FakeBus()
+    order = candidates()
+
+    holders = success(ensureDeferred(client(bus).top_up(DIGEST, len(DATA), order[:2])))
+
+    assert holders == order[:2]
+    assert bus.calls == []
+
+
+def test_relay_that_lagged_is_asked_last_for_a_while() -> None:
+    """After lagging behind a put, a home is asked after the others by later puts,
+    until `suspect_for` has passed."""
+    order = candidates()
+    bus, clock = FakeBus(), Clock()
+    chunks = client(bus, clock)
+    first = put(chunks)
+    bus.calls[1].reply()
+    clock.advance(ChunkSettings().put_laggard_after)
+    bus.calls[2].reply()
+    success(first)
+    bus.calls.clear()
+
+    put(chunks)
+    assert bus.asked() == [order[1], order[2]]
+    bus.calls.clear()
+
+    clock.advance(ChunkSettings().suspect_for)
+    put(chunks)
+    assert bus.asked() == order[:2]

@@ -334,3 +334,29 @@ def test_abort_after_commit_keeps_the_chunk(tmp_path: pathlib.Path) -> None:
     writer.abort()
 
     assert store.read(DIGEST) == DATA
+
+
+def test_sizes_after_pages_through_every_chunk(tmp_path: pathlib.Path) -> None:
+    """Pages of `sizes_after` list each chunk once, in order, with its size."""
+    store = ChunkStore(tmp_path)
+    stored = {put(store, f"chunk {n}".encode() * (n + 1)) for n in range(30)}
+    (tmp_path / "chunks" / "sha256" / "stray").write_bytes(b"")
+
+    pages, after = [], ""
+    while page := store.sizes_after(after, 7):
+        pages.append(page)
+        after = page[-1][0]
+
+    listed = [digest for page in pages for digest, _ in page]
+    assert listed == sorted(stored)
+    assert all(len(page) == 7 for page in pages[:-1])
+    assert all(store.size(digest) == size for page in pages for digest, size in page)
+
+
+def test_sizes_after_the_last_chunk_is_empty(tmp_path: pathlib.Path) -> None:
+    """A page after the greatest digest is empty; an empty store has no pages."""
+    store = ChunkStore(tmp_path)
+    assert store.sizes_after("", 10) == []
+    last = max(put(store, f"chunk {n}".encode()) for n in range(3))
+
+    assert store.sizes_after(last, 10) == []

@@ -532,3 +532,18 @@ def test_version_parts_must_fit_in_63_bits() -> None:
         Version.from_list([10**4000, 0, 0])
     with pytest.raises(ValueError):
         Version.from_list([-1, 0, 0])
+
+
+def test_leftover_temporary_record_files_are_removed_on_open(tmp_path: Path) -> None:
+    """A record write cut short by a crash leaves a temporary file that opening the
+    files removes; the record itself keeps its previous version."""
+    files = RecordFiles(tmp_path)
+    files.put(KEY, Stored(v(1), b"old"))
+    record = next((tmp_path / "records").glob("*/*"))
+    leftover = record.with_suffix(".part")
+    leftover.write_bytes(b'{"key": "tag/x", "version": [9')
+
+    reopened = RecordFiles(tmp_path)
+
+    assert not leftover.exists()
+    assert reopened.get(KEY) == Stored(v(1), b"old")

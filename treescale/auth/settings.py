@@ -70,12 +70,23 @@ RULE_FIELDS = frozenset({"repositories", "users", "groups", "actions"})
 RULE_ACTIONS = REPOSITORY_ACTIONS | {ALL}
 
 
+def _doc(text: str, **more: Any) -> dict[str, Any]:
+    """Field metadata: the sentence the configuration reference shows, and more
+    facts for it (the field's ``key`` in the file, its ``bounds``, the
+    ``file_default`` a table that leaves the field out gets)."""
+    return {"doc": text, **more}
+
+
 @dataclass(frozen=True)
 class TrustedIssuer:
     """An external token issuer whose signed tokens are accepted."""
 
-    issuer: str
-    public_key: Path
+    issuer: str = field(metadata=_doc("the iss claim of that issuer's tokens"))
+    public_key: Path = field(
+        metadata=_doc(
+            "the issuer's public key (PEM), relative to the topology file's folder"
+        )
+    )
 
 
 @dataclass(frozen=True)
@@ -85,33 +96,141 @@ class Rule:
     `actions` holds concrete actions only: a ``"*"`` in the file is expanded.
     """
 
-    repositories: tuple[str, ...]
-    users: frozenset[str]
-    groups: frozenset[str]
-    actions: frozenset[str]
+    repositories: tuple[str, ...] = field(
+        metadata=_doc(
+            'repository patterns: "*" stays within one path component, "**" '
+            "crosses them"
+        )
+    )
+    users: frozenset[str] = field(
+        metadata=_doc(
+            'user names the rule grants to; "*" is every signed-in user',
+            file_default=[],
+        )
+    )
+    groups: frozenset[str] = field(
+        metadata=_doc("groups of [auth.groups] the rule grants to", file_default=[])
+    )
+    actions: frozenset[str] = field(
+        metadata=_doc('"pull", "push", "delete", or "*" for all three')
+    )
 
 
 @dataclass(frozen=True)
 class AuthSettings:
     """Who may sign in, how, and what each may do; the defaults leave all open."""
 
-    mode: str = NONE
-    htpasswd: Path | None = None
-    realm: str = DEFAULT_REALM
-    anonymous_pull: bool = False
-    token_service: str = DEFAULT_TOKEN_SERVICE
-    token_issuer: str = DEFAULT_TOKEN_ISSUER
-    token_key: Path = Path(DEFAULT_TOKEN_KEY)
-    token_realm: str = ""
-    token_ttl: int = DEFAULT_TOKEN_TTL
-    trusted_issuers: tuple[TrustedIssuer, ...] = ()
-    groups: Mapping[str, frozenset[str]] = field(default_factory=dict)
-    rules: tuple[Rule, ...] = ()
-    refresh_ttl: int = DEFAULT_REFRESH_TTL
-    leeway: int = DEFAULT_LEEWAY
-    max_authorization: int = DEFAULT_MAX_AUTHORIZATION
-    max_scopes: int = DEFAULT_MAX_SCOPES
-    login_cache: int = DEFAULT_LOGIN_CACHE
+    mode: str = field(
+        default=NONE,
+        metadata=_doc(
+            '"none" lets every request in, "basic" checks an HTTP Basic login on '
+            'every request, "token" runs the Docker token flow with this node as '
+            "token server"
+        ),
+    )
+    htpasswd: Path | None = field(
+        default=None,
+        metadata=_doc(
+            "file of users and bcrypt hashes (htpasswd -B, or treescale htpasswd), "
+            "relative to the topology file's folder; required in basic mode, and "
+            "in token mode the users the token endpoint signs in"
+        ),
+    )
+    realm: str = field(
+        default=DEFAULT_REALM, metadata=_doc("realm named in the Basic challenge")
+    )
+    anonymous_pull: bool = field(
+        default=False,
+        metadata=_doc(
+            "let requests without credentials pull; pushes and deletes still need "
+            "a login"
+        ),
+    )
+    token_service: str = field(
+        default=DEFAULT_TOKEN_SERVICE,
+        metadata=_doc(
+            "service named in the Bearer challenge, and the audience tokens must carry"
+        ),
+    )
+    token_issuer: str = field(
+        default=DEFAULT_TOKEN_ISSUER,
+        metadata=_doc("issuer named in the tokens this node signs"),
+    )
+    token_key: Path = field(
+        default=Path(DEFAULT_TOKEN_KEY),
+        metadata=_doc(
+            "this node's ES256 signing key (PEM), relative to the topology file's "
+            "folder; created when missing"
+        ),
+    )
+    token_realm: str = field(
+        default="",
+        metadata=_doc(
+            "URL of the token server named in the Bearer challenge; empty: this "
+            "node's own /token endpoint"
+        ),
+    )
+    token_ttl: int = field(
+        default=DEFAULT_TOKEN_TTL,
+        metadata=_doc(
+            "seconds a token this node issues is valid",
+            bounds=(MIN_TOKEN_TTL, MAX_TOKEN_TTL),
+        ),
+    )
+    trusted_issuers: tuple[TrustedIssuer, ...] = field(
+        default=(),
+        metadata=_doc(
+            "external issuers whose tokens are accepted: see [[auth.trusted_issuer]]",
+            key="trusted_issuer",
+            type="array of tables",
+        ),
+    )
+    groups: Mapping[str, frozenset[str]] = field(
+        default_factory=dict,
+        metadata=_doc(
+            "group names, each with a list of user names",
+            type="table of lists of strings",
+        ),
+    )
+    rules: tuple[Rule, ...] = field(
+        default=(),
+        metadata=_doc(
+            "who may do what: see [[auth.rule]]; with no rule at all, every "
+            "signed-in user may pull, push and delete everything",
+            key="rule",
+            type="array of tables",
+        ),
+    )
+    refresh_ttl: int = field(
+        default=DEFAULT_REFRESH_TTL,
+        metadata=_doc(
+            "seconds a refresh token (docker's stored identity token) is valid"
+        ),
+    )
+    leeway: int = field(
+        default=DEFAULT_LEEWAY,
+        metadata=_doc(
+            "seconds of clock difference forgiven when checking a token's exp and nbf"
+        ),
+    )
+    max_authorization: int = field(
+        default=DEFAULT_MAX_AUTHORIZATION,
+        metadata=_doc(
+            "bytes of the longest Authorization header read; longer ones are "
+            "refused unread"
+        ),
+    )
+    max_scopes: int = field(
+        default=DEFAULT_MAX_SCOPES,
+        metadata=_doc("most scopes one token request may ask for"),
+    )
+    login_cache: int = field(
+        default=DEFAULT_LOGIN_CACHE,
+        metadata=_doc(
+            "verified logins remembered, so Basic mode does not run bcrypt on "
+            "every request of a push"
+        ),
+    )
 
 
 def parse_auth(

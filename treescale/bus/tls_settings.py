@@ -17,6 +17,7 @@ error of the file, not a link that never comes up.
 This module must not import `treescale.config`: the topology parser calls it.
 """
 
+import dataclasses
 import difflib
 import re
 from collections.abc import Iterable, Mapping
@@ -48,9 +49,21 @@ class TlsFiles:
 class TlsSettings:
     """The ``[tls]`` table: paths, the certificate and key ones per node."""
 
-    ca: Path
-    cert: str
-    key: str
+    ca: Path = dataclasses.field(
+        metadata={
+            "doc": "the cluster's CA certificate (PEM): the only authority a peer's "
+            "certificate may come from"
+        }
+    )
+    cert: str = dataclasses.field(
+        metadata={
+            "doc": "this node's certificate (PEM); {node} is replaced by the node's "
+            "name, so one file serves every host"
+        }
+    )
+    key: str = dataclasses.field(
+        metadata={"doc": "this node's private key (PEM); {node} as in cert"}
+    )
 
     def files_for(self, node: str) -> TlsFiles:
         """The files of node `node`, with its name put in the templates."""

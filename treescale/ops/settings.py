@@ -47,14 +47,33 @@ def _bounded(default: Any, low: float, high: float, doc: str) -> Any:
 class NotificationEndpoint:
     """One receiver of the registry's events."""
 
-    name: str
-    url: str
-    headers: tuple[tuple[str, str], ...] = ()
+    name: str = field(
+        metadata={
+            "doc": "name in logs and metric labels (never the URL): up to 64 "
+            "letters, digits, '.', '_' or '-'"
+        }
+    )
+    url: str = field(metadata={"doc": "http:// or https:// URL events are POSTed to"})
+    headers: tuple[tuple[str, str], ...] = field(
+        default=(),
+        metadata={
+            "doc": "extra request headers, a name to a string or a list of strings; "
+            "they may hold secrets and are never logged",
+            "type": "table of strings",
+            "file_default": {},
+        },
+    )
     timeout: float = _bounded(
         5.0, 0.1, 300.0, "seconds one delivery may take, answer included"
     )
-    ignore_actions: frozenset[str] = frozenset()
-    ignore_media_types: frozenset[str] = frozenset()
+    ignore_actions: frozenset[str] = field(
+        default=frozenset(),
+        metadata={"doc": "actions not sent: any of push, pull, delete, mount"},
+    )
+    ignore_media_types: frozenset[str] = field(
+        default=frozenset(),
+        metadata={"doc": "media types of targets whose events are not sent"},
+    )
 
     def wants(self, action: str, media_type: str) -> bool:
         """Whether this endpoint is sent events of `action` about `media_type`."""
@@ -68,7 +87,14 @@ class NotificationEndpoint:
 class NotificationSettings:
     """Where events go, and how hard the sender tries."""
 
-    endpoints: tuple[NotificationEndpoint, ...] = ()
+    endpoints: tuple[NotificationEndpoint, ...] = field(
+        default=(),
+        metadata={
+            "doc": "receivers of the registry's events: see [[notifications.endpoint]]",
+            "key": "endpoint",
+            "type": "array of tables",
+        },
+    )
     queue_size: int = _bounded(
         1024, 1, 1_000_000, "events waiting per endpoint; past it new events drop"
     )
@@ -91,8 +117,13 @@ class NotificationSettings:
 class LogSettings:
     """How a node writes its log."""
 
-    format: str = "text"
-    """``text``: twistd's own lines; ``json``: one JSON object per event."""
+    format: str = field(
+        default="text",
+        metadata={
+            "doc": '"text": twistd\'s own lines; "json": one JSON object per event, '
+            "in the same --logfile"
+        },
+    )
 
 
 def parse_notifications(table: Mapping[str, Any], source: Path) -> NotificationSettings:

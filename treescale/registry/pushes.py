@@ -236,8 +236,10 @@ class Pushes:
     # Sessions.
 
     async def upload_status(self, request: Request, route: Route, repo: str) -> bytes:
-        """``GET`` an upload session: how many bytes it holds."""
+        """``GET`` an upload session: how many bytes it holds (once a session
+        saved by another node, or before a restart, is loaded)."""
         session = self.sessions.get(route.reference, repo)
+        await self.sessions.ready(session)
         self._session_headers(request, session)
         return empty_response(request, 204)
 

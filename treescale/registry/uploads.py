@@ -7,12 +7,19 @@ at once, so a client cannot hold an unbounded number of half-written uploads.
 A session is *busy* while a request is writing its body into it: it is never expired
 then, and a second request may not write into it at the same time (its bytes would
 interleave with the first's).
+
+Over a store that can save uploads (`ResumableStorage`), every session is also kept
+in the cluster's records (see `treescale.registry.saved_uploads`), so a session this
+node does not hold (it restarted, or the client's last request went to another node)
+is restored on first use. `get` must answer at once, so it hands out the session
+while its upload is still being fetched back: writes wait, and what cannot wait (its
+size, for a status or a ``Content-Range`` check) answers 503 for the moment.
 """
 
-from uuid import uuid4
-
+from twisted.internet.defer import ensureDeferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from treescale.registry.errors import (
     BLOB_UPLOAD_INVALID,
@@ -20,13 +27,26 @@ from treescale.registry.errors import (
     TOO_MANY_REQUESTS,
     ApiError,
 )
+from treescale.registry.saved_uploads import (
+    MAX_SESSION_RECORD,
+    SavedUpload,
+    SessionRecord,
+    algorithm_of_id,
+    new_upload_id,
+    session_key,
+)
 from treescale.store.digests import ALGORITHM
-from treescale.store.interface import BlobUpload, Storage
+from treescale.store.errors import StorageError, StorageUnavailable
+from treescale.store.interface import BlobUpload, ResumableStorage, Storage
 
-# Shortcoming: sessions live in this registry process only. A registry restart, or
-# a client whose next request reaches another registry node, loses the upload in
-# progress: the running hash of the bytes received so far cannot be moved to
-# another process, so the client must start the upload again.
+MAX_RESTORING = 64
+"""Sessions being restored from their records at once; past it a request for a
+session this node does not hold is answered 503, so guessed ids cost little."""
+
+# Shortcoming: a session held in memory by two registry nodes (the client went from
+# one to the other and back) is not kept in step: the node it comes back to still has
+# the older state, and the upload then fails its digest at the closing PUT, so the
+# client must start it again. Nothing wrong is ever stored.
 
 
 class UploadSession:
@@ -37,7 +57,12 @@ class UploadSession:
     """
 
     def __init__(
-        self, uuid: str, repo: str, upload: BlobUpload, clock: IReactorTime
+        self,
+        uuid: str,
+        repo: str,
+        upload: BlobUpload,
+        clock: IReactorTime,
+        started: float | None = None,
     ) -> None:
         self.uuid = uuid
         self.repo = repo
@@ -45,8 +70,8 @@ class UploadSession:
         self.busy = False
         self.expiry: IDelayedCall | None = None
         self._clock = clock
-        self.started = clock.seconds()
-        self.last_activity = self.started
+        self.started = clock.seconds() if started is None else started
+        self.last_activity = clock.seconds()
 
     @property
     def size(self) -> int:
@@ -93,6 +118,8 @@ class UploadSessions:
         self._max_sessions = max_sessions
         self._idle_timeout = idle_timeout
         self._sessions: dict[str, UploadSession] = {}
+        self._resumable = storage if isinstance(storage, ResumableStorage) else None
+        self._restoring = 0
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -102,6 +129,47 @@ class UploadSessions:
 
     def open(self, repo: str, algorithm: str = ALGORITHM) -> UploadSession:
         """Start a session for an upload into `repo`, hashed by `algorithm`."""
+        self._check_room()
+        uuid = new_upload_id(algorithm)
+        upload = self._storage.blob_upload(algorithm)
+        if self._resumable is None:
+            session = UploadSession(uuid, repo, upload, self._clock)
+        else:
+            session, saved = self._saved_session(uuid, repo, algorithm)
+            saved.take_up(upload)
+            self._write_record(session, None)
+
+        self._sessions[session.uuid] = session
+        self._schedule_expiry(session, self._idle_timeout)
+        return session
+
+    def get(self, uuid: str, repo: str) -> UploadSession:
+        """The session `uuid` of `repo`; a session of another repository is unknown.
+
+        A session this node does not hold is restored from its record, if the store
+        can do that: it is returned at once, while its upload is fetched back.
+        """
+        session = self._sessions.get(uuid)
+        if session is None:
+            session = self._restore(uuid, repo)
+        if session.repo != repo:
+            raise ApiError(BLOB_UPLOAD_UNKNOWN, {"uuid": uuid})
+
+        return session
+
+    async def ready(self, session: UploadSession) -> None:
+        """Wait until `session`'s upload is back, if it is being restored; raises
+        what made the restore fail.
+
+        A handler that must read the size at once (an upload status) may await
+        this first, instead of answering 503 while the restore goes on.
+        """
+        upload = session.upload
+        if isinstance(upload, SavedUpload):
+            await upload.ready()
+
+    def _check_room(self) -> None:
+        """Refuse a new session once the table is full."""
         if len(self._sessions) >= self._max_sessions:
             raise ApiError(
                 TOO_MANY_REQUESTS,
@@ -109,20 +177,133 @@ class UploadSessions:
                 message="too many uploads in progress; retry later",
             )
 
-        session = UploadSession(
-            str(uuid4()), repo, self._storage.blob_upload(algorithm), self._clock
-        )
-        self._sessions[session.uuid] = session
-        self._schedule_expiry(session, self._idle_timeout)
-        return session
+    # Sessions kept in records.
 
-    def get(self, uuid: str, repo: str) -> UploadSession:
-        """The session `uuid` of `repo`; a session of another repository is unknown."""
-        session = self._sessions.get(uuid)
-        if session is None or session.repo != repo:
+    def _saved_session(
+        self, uuid: str, repo: str, algorithm: str
+    ) -> tuple[UploadSession, SavedUpload]:
+        """A session whose upload saves itself in the session's record."""
+        holder: list[UploadSession] = []
+
+        async def save(state: bytes) -> None:
+            await self._save_record(holder[0], state)
+
+        def forget() -> None:
+            self._delete_record(uuid)
+
+        upload = SavedUpload(algorithm, save, forget)
+        session = UploadSession(uuid, repo, upload, self._clock)
+        holder.append(session)
+        return session, upload
+
+    def _restore(self, uuid: str, repo: str) -> UploadSession:
+        """A session for `uuid` whose upload is being restored from its record."""
+        algorithm = algorithm_of_id(uuid)
+        if self._resumable is None or algorithm is None:
             raise ApiError(BLOB_UPLOAD_UNKNOWN, {"uuid": uuid})
+        if self._restoring >= MAX_RESTORING:
+            raise StorageUnavailable("too many upload sessions are being restored")
+        self._check_room()
 
+        session, saved = self._saved_session(uuid, repo, algorithm)
+        self._sessions[uuid] = session
+        self._schedule_expiry(session, self._idle_timeout)
+        self._restoring += 1
+        restoring = ensureDeferred(self._take_up(session, saved, self._resumable))
+        restoring.addErrback(self._restore_failed, session, saved)
+        restoring.addBoth(self._restore_ended)
         return session
+
+    async def _take_up(
+        self, session: UploadSession, saved: SavedUpload, storage: ResumableStorage
+    ) -> None:
+        """Read the session's record and bring its upload back."""
+        raw = await self._storage.record_get(session_key(session.uuid))
+        record = None if raw is None else SessionRecord.decode(raw)
+        idle = None if record is None else self._clock.seconds() - record.last_activity
+        if record is None or record.repo != session.repo:
+            raise ApiError(BLOB_UPLOAD_UNKNOWN, {"uuid": session.uuid})
+        if idle is not None and idle > self._idle_timeout:
+            self._delete_record(session.uuid)
+            raise ApiError(BLOB_UPLOAD_UNKNOWN, {"uuid": session.uuid})
+
+        if record.upload is None:
+            upload = self._storage.blob_upload(record.algorithm)
+        else:
+            upload = await storage.blob_resume(record.upload)
+        session.started = record.started
+        saved.take_up(upload)
+        self.log.info(
+            "upload session {uuid} of {repo} restored from its record "
+            "with {nbytes} bytes",
+            uuid=session.uuid,
+            repo=session.repo,
+            nbytes=upload.size,
+        )
+
+    def _restore_failed(
+        self, failure: Failure, session: UploadSession, saved: SavedUpload
+    ) -> None:
+        """Forget a session that could not be restored; its users see why."""
+        error = failure.value
+        reason: Exception
+        if isinstance(error, ApiError | StorageError):
+            reason = error
+        elif isinstance(error, ValueError):
+            self.log.error(
+                "upload session {uuid} has a damaged record: {why}",
+                uuid=session.uuid,
+                why=str(error),
+            )
+            reason = ApiError(BLOB_UPLOAD_UNKNOWN, {"uuid": session.uuid})
+        else:
+            self.log.failure(
+                "restoring upload session {uuid}", failure, uuid=session.uuid
+            )
+            reason = StorageUnavailable("the upload session could not be restored")
+        self.end(session)
+        saved.fail(reason)
+
+    def _restore_ended(self, _: object) -> None:
+        self._restoring -= 1
+
+    def _write_record(self, session: UploadSession, state: bytes | None) -> None:
+        """Write the session's record in the background; a failure is logged."""
+        written = ensureDeferred(self._save_record(session, state))
+        written.addErrback(self._write_failed, session.uuid)
+
+    async def _save_record(self, session: UploadSession, state: bytes | None) -> None:
+        """Write the session's record with `state`; too large, delete it instead."""
+        record = SessionRecord(
+            session.uuid,
+            session.repo,
+            session.upload.algorithm,
+            session.started,
+            self._clock.seconds(),
+            state,
+        )
+        data = record.encode()
+        if len(data) > MAX_SESSION_RECORD:
+            self.log.warn(
+                "upload session {uuid} has grown past what its record holds; "
+                "it can no longer be resumed elsewhere",
+                uuid=session.uuid,
+            )
+            await self._storage.record_put(session_key(session.uuid), None)
+            return
+        await self._storage.record_put(session_key(session.uuid), data)
+
+    def _delete_record(self, uuid: str) -> None:
+        """Delete a session's record in the background."""
+        deleted = ensureDeferred(self._storage.record_put(session_key(uuid), None))
+        deleted.addErrback(self._write_failed, uuid)
+
+    def _write_failed(self, failure: Failure, uuid: str) -> None:
+        self.log.warn(
+            "record of upload session {uuid} not written: {why}",
+            uuid=uuid,
+            why=failure.getErrorMessage(),
+        )
 
     def claim(self, session: UploadSession) -> None:
         """Mark the session busy for one request, or refuse if another has it."""
@@ -156,9 +337,18 @@ class UploadSessions:
         session.upload.abort()
 
     def cancel_all(self) -> None:
-        """Give every upload in progress up, as the registry stops."""
+        """Give every upload in progress up, as the registry stops.
+
+        Sessions kept in records stay there, for this node once restarted or any
+        other to go on with.
+        """
         for session in list(self._sessions.values()):
-            self.cancel(session)
+            self.end(session)
+            upload = session.upload
+            if isinstance(upload, SavedUpload):
+                upload.release()
+            else:
+                upload.abort()
 
     def _schedule_expiry(self, session: UploadSession, delay: float) -> None:
         """Look at the session again after `delay` seconds."""

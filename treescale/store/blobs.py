@@ -2,18 +2,25 @@
 
 A blob's recipe is its digest, its size and the ordered digests and sizes of its
 chunks. It is stored as the record ``recipe/<digest>``; the chunks themselves go to
-relays through
-a `ChunkClient`.
+relays through a `ChunkClient`.
 
 Memory stays bounded by the window, never by the blob: an upload holds at most one
 partial chunk plus `window` chunks being put; a read holds at most `window` chunks being
 fetched or waiting their turn to be written out.
+
+An upload can be saved part way (`ChunkedUpload.checkpoint`) as an `UploadState`: the
+chunks cut so far, the partial last chunk (stored on the relays like any chunk, so
+the state stays small), and the running hash. `resume_upload` takes such a state up
+again in any process: the partial chunk is fetched back, and the hash restored, or,
+where the hash cannot be saved (see `treescale.store.hashstate`), computed again from
+the stored chunks, which costs one read of the bytes uploaded so far.
 """
 
 import json
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.interfaces import IConsumer, IPushProducer
@@ -23,9 +30,22 @@ from zope.interface import implementer
 
 from treescale.store.budget import ChunkBudget
 from treescale.store.chunkclient import ChunkClient
-from treescale.store.digests import ALGORITHM, new_hasher, sha256_digest
-from treescale.store.errors import DigestMismatch, StorageError, UploadFailed
+from treescale.store.digests import (
+    ALGORITHM,
+    ALGORITHMS,
+    Hasher,
+    new_hasher,
+    sha256_digest,
+)
+from treescale.store.errors import (
+    DigestMismatch,
+    StorageError,
+    UploadFailed,
+)
+from treescale.store.hashstate import HashState, ResumableHash, resumable_hasher
 from treescale.store.records import RecordClient
+
+UPLOAD_STATE_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -85,6 +105,75 @@ def recipe_key(digest: str) -> str:
     return f"recipe/{digest}"
 
 
+@dataclass(frozen=True)
+class UploadState:
+    """An upload saved part way: what `resume_upload` needs to go on with it.
+
+    `chunks` are the whole chunks cut so far, `tail` the partial chunk after them
+    (stored as a chunk of its own), `hash` the running hash of all `size` bytes, or
+    None when it could not be saved and must be computed again.
+    """
+
+    algorithm: str
+    size: int
+    chunks: tuple[ChunkRef, ...]
+    tail: ChunkRef | None
+    hash: HashState | None
+
+    def __post_init__(self) -> None:
+        """Refuse a state whose parts do not add up."""
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"unsupported digest algorithm {self.algorithm!r}")
+        if any(chunk.size <= 0 for chunk in self.chunks):
+            raise ValueError("an upload state has an empty chunk")
+        if self.tail is not None and self.tail.size <= 0:
+            raise ValueError("an upload state has an empty tail")
+        tail = self.tail.size if self.tail is not None else 0
+        if sum(chunk.size for chunk in self.chunks) + tail != self.size:
+            raise ValueError("an upload state does not add up")
+        if self.hash is not None and self.hash.length != self.size:
+            raise ValueError("an upload state's hash is not of its bytes")
+
+    def encode(self) -> bytes:
+        document: dict[str, Any] = {
+            "version": UPLOAD_STATE_VERSION,
+            "algorithm": self.algorithm,
+            "size": self.size,
+            "chunks": [[chunk.digest, chunk.size] for chunk in self.chunks],
+            "tail": None if self.tail is None else [self.tail.digest, self.tail.size],
+            "hash": None if self.hash is None else self.hash.to_json(),
+        }
+        return json.dumps(document, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> "UploadState":
+        """A saved state read back; ValueError when it is not one."""
+        try:
+            document = json.loads(data)
+            if document["version"] != UPLOAD_STATE_VERSION:
+                raise ValueError(f"upload state version {document['version']!r}")
+            chunks = tuple(ChunkRef(str(d), int(n)) for d, n in document["chunks"])
+            tail_raw = document["tail"]
+            tail = (
+                None
+                if tail_raw is None
+                else ChunkRef(str(tail_raw[0]), int(tail_raw[1]))
+            )
+            hash_raw = document["hash"]
+            saved = None if hash_raw is None else HashState.from_json(hash_raw)
+            return cls(
+                str(document["algorithm"]), int(document["size"]), chunks, tail, saved
+            )
+        except (KeyError, TypeError, IndexError) as e:
+            raise ValueError(f"not an upload state: {e}") from e
+
+
+def _new_running_hash(algorithm: str) -> Hasher:
+    """A running hash of `algorithm`, one whose state can be saved where possible."""
+    resumable = resumable_hasher(algorithm)
+    return resumable if resumable is not None else new_hasher(algorithm)
+
+
 class ChunkedUpload:
     """A blob being cut into chunks and put to relays as its bytes arrive."""
 
@@ -106,10 +195,14 @@ class ChunkedUpload:
         self._chunk_size = chunk_size
         self._window = window
         self.algorithm = algorithm
-        self._hash = new_hasher(algorithm)
+        self._hash = _new_running_hash(algorithm)
         self._buffer = bytearray()
         self._size = 0
         self._cut: list[ChunkRef] = []
+        # The relays that took each chunk of `_cut`; empty where not known (a
+        # resumed upload's earlier chunks, say).
+        self._holders: list[list[str]] = []
+        self._tail_stored: ChunkRef | None = None
         self._in_flight: dict[int, Deferred[None]] = {}
         self._failure: StorageError | None = None
         self._producer: IPushProducer | None = None
@@ -152,16 +245,103 @@ class ChunkedUpload:
 
     async def finish(self, digest: str) -> int:
         if self._buffer:
-            self._put(bytes(self._buffer))
-            self._buffer = bytearray()
+            self._cut_tail()
         await self.drain()
 
         actual = f"{self.algorithm}:{self._hash.hexdigest()}"
         if actual != digest:
             raise DigestMismatch(f"the upload hashes to {actual}, not {digest}")
+        await self._top_up()
         recipe = Recipe(digest, self._size, tuple(self._cut))
         await self._records.put(recipe_key(digest), recipe.encode())
         return self._size
+
+    async def checkpoint(self) -> bytes:
+        """Store what is needed to resume the upload, and return it as bytes.
+
+        Waits for the chunks in flight, then stores the partial last chunk (unless
+        the last checkpoint stored the same one). The bytes are an `UploadState`
+        for `resume_upload`; they hold no blob data, only chunk digests.
+        """
+        await self.drain()
+
+        tail = None
+        if self._buffer:
+            data = bytes(self._buffer)
+            tail = ChunkRef(sha256_digest(data), len(data))
+            if tail != self._tail_stored:
+                await self._put_within_budget(tail, data)
+                self._tail_stored = tail
+
+        saved = self._hash.save() if isinstance(self._hash, ResumableHash) else None
+        state = UploadState(self.algorithm, self._size, tuple(self._cut), tail, saved)
+        return state.encode()
+
+    async def _take_up(self, state: UploadState) -> None:
+        """Become the upload `state` describes (see `resume_upload`)."""
+        tail = b"" if state.tail is None else await self._fetch(state.tail)
+        restored = self._restore_hash(state.hash)
+        if not restored:
+            for ref in state.chunks:
+                self._hash.update(await self._fetch(ref))
+            self._hash.update(tail)
+
+        self._cut = list(state.chunks)
+        self._holders = [[] for _ in state.chunks]
+        self._size = state.size
+        self._buffer = bytearray(tail)
+        self._tail_stored = state.tail
+        self.log.info(
+            "resumed an upload of {nbytes} bytes in {count} chunks; hash {how}",
+            nbytes=state.size,
+            count=len(state.chunks),
+            how="restored" if restored else "computed again",
+        )
+
+    def _restore_hash(self, saved: HashState | None) -> bool:
+        """Take up a saved running hash; False when there is none that fits."""
+        if saved is None or not isinstance(self._hash, ResumableHash):
+            return False
+        try:
+            self._hash.restore(saved)
+        except ValueError as e:
+            self.log.warn("saved upload hash unusable: {why}", why=str(e))
+            return False
+        return True
+
+    async def _fetch(self, ref: ChunkRef) -> bytes:
+        """One stored chunk of this upload, holding room in the budget meanwhile."""
+        await self._budget.take()
+        try:
+            return await self._chunks.get(ref.digest, ref.size)
+        finally:
+            self._budget.give_back()
+
+    def _cut_tail(self) -> None:
+        """Cut the partial last chunk; one a checkpoint stored is not put again."""
+        data = bytes(self._buffer)
+        self._buffer = bytearray()
+        ref = ChunkRef(sha256_digest(data), len(data))
+        if ref == self._tail_stored:
+            self._cut.append(ref)
+            self._holders.append([])
+            return
+        self._put(data)
+
+    async def _top_up(self) -> None:
+        """Copy again every chunk that lost a holder while the upload went on.
+
+        A relay that dies after taking a chunk leaves it on fewer live relays
+        than it needs; the recipe is written only once each is back to its count.
+        """
+        for ref, holders in zip(self._cut, self._holders, strict=True):
+            if not holders or not self._chunks.short_of_copies(holders):
+                continue
+            await self._budget.take()
+            try:
+                holders[:] = await self._chunks.top_up(ref.digest, ref.size, holders)
+            finally:
+                self._budget.give_back()
 
     def abort(self) -> None:
         for put in list(self._in_flight.values()):
@@ -172,8 +352,10 @@ class ChunkedUpload:
     def _put(self, data: bytes) -> None:
         ref = ChunkRef(sha256_digest(data), len(data))
         self._cut.append(ref)
+        holders: list[str] = []
+        self._holders.append(holders)
         index = len(self._cut)
-        put = ensureDeferred(self._put_within_budget(ref, data))
+        put = ensureDeferred(self._put_within_budget(ref, data, holders))
         self._in_flight[index] = put
         put.addCallbacks(
             self._put_done,
@@ -183,7 +365,9 @@ class ChunkedUpload:
         )
         self._hold_or_release()
 
-    async def _put_within_budget(self, ref: ChunkRef, data: bytes) -> None:
+    async def _put_within_budget(
+        self, ref: ChunkRef, data: bytes, holders: list[str] | None = None
+    ) -> None:
         taken = self._budget.take()
         if not taken.called:
             self._waiting_for_room += 1
@@ -194,9 +378,11 @@ class ChunkedUpload:
                 self._waiting_for_room -= 1
                 self._hold_or_release()
         try:
-            await self._chunks.put(ref.digest, data)
+            stored = await self._chunks.put(ref.digest, data)
         finally:
             self._budget.give_back()
+        if holders is not None and stored:
+            holders.extend(stored)
 
     def _put_done(self, _: object, index: int) -> None:
         self._settle(index)
@@ -234,6 +420,25 @@ class ChunkedUpload:
         elif not full and self._paused:
             self._paused = False
             self._producer.resumeProducing()
+
+
+async def resume_upload(
+    chunks: ChunkClient,
+    records: RecordClient,
+    chunk_size: int,
+    window: int,
+    budget: ChunkBudget | None,
+    state: UploadState,
+) -> ChunkedUpload:
+    """An upload going on from a saved `UploadState`, in this process.
+
+    Fetches the partial last chunk back; restores the running hash, or computes it
+    again from the stored chunks when the state has none or it does not fit.
+    Raises `StorageUnavailable` when a chunk it needs cannot be fetched.
+    """
+    upload = ChunkedUpload(chunks, records, chunk_size, window, budget, state.algorithm)
+    await upload._take_up(state)
+    return upload
 
 
 @implementer(IPushProducer)

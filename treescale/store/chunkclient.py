@@ -17,6 +17,11 @@ what a pull gets from them.
 
 A home relay that answered that its copy is missing or corrupt is then sent the
 verified bytes, so a chunk that is read gets back to `replicas` copies.
+
+A relay that lagged behind a put (alive on the bus but not answering, as a frozen
+process is until its link times out) is *suspect* for `suspect_for` seconds: puts
+ask it last, so a push does not wait `put_laggard_after` on every chunk it homes.
+The chunks placed elsewhere meanwhile are copied home by the relays' scrub.
 """
 
 import itertools
@@ -49,6 +54,8 @@ class ChunkSettings:
     the rank is asked too: a frozen relay must not stall a push for `put_timeout`."""
     get_timeout: float = 30.0
     hedge_after: float = 2.0
+    suspect_for: float = 30.0
+    """Seconds a relay that lagged behind a put is asked last by later puts."""
 
 
 class ChunkClient:
@@ -70,18 +77,75 @@ class ChunkClient:
         self.replicas = min(settings.replicas, len(self.holders))
         self._turn = itertools.count()
         self._load: dict[str, int] = {holder.name: 0 for holder in self.holders}
+        self._suspect_until: dict[str, float] = {}
 
     def candidates(self, digest: str) -> list[str]:
         """Every relay in the order a chunk is looked for: homes, then the rank."""
         order = search_order(digest, self.holders, self.replicas)
         return [holder.name for holder in order]
 
-    async def put(self, digest: str, data: bytes) -> None:
-        """Store a chunk on `replicas` relays; `UploadFailed` if too few take it."""
+    async def put(self, digest: str, data: bytes) -> list[str]:
+        """Store a chunk on `replicas` relays; `UploadFailed` if too few take it.
+
+        Returns the relays that took it.
+        """
         candidates = [
             name for name in self.candidates(digest) if self.bus.reachable(name)
         ]
-        await _PutRace(self, digest, data, candidates).run()
+        order = self._trusted_first(candidates)
+        return await _PutRace(self, digest, data, order, self.replicas).run()
+
+    def short_of_copies(self, holders: Sequence[str]) -> bool:
+        """Whether fewer than `replicas` of a chunk's holders are reachable now."""
+        live = sum(1 for name in set(holders) if self.bus.reachable(name))
+        return live < self.replicas
+
+    async def top_up(self, digest: str, size: int, holders: Sequence[str]) -> list[str]:
+        """Copy a chunk to more relays until `replicas` reachable ones hold it.
+
+        The bytes come verified from a holder (`get`); returns every reachable
+        holder afterwards. `UploadFailed` when too few relays take a copy.
+        """
+        live = [name for name in dict.fromkeys(holders) if self.bus.reachable(name)]
+        needed = self.replicas - len(live)
+        if needed <= 0:
+            return live
+
+        data = await self.get(digest, size)
+        others = [
+            name
+            for name in self.candidates(digest)
+            if name not in live and self.bus.reachable(name)
+        ]
+        self.log.info(
+            "chunk {digest} is on {count} live relays; copying it to {needed} more",
+            digest=digest,
+            count=len(live),
+            needed=needed,
+        )
+        added = await _PutRace(
+            self, digest, data, self._trusted_first(others), needed
+        ).run()
+        return live + added
+
+    def suspect(self, name: str) -> None:
+        """Ask relay `name` last in puts for the next `suspect_for` seconds."""
+        until = self.clock.seconds() + self.settings.suspect_for
+        if self._suspect_until.get(name, 0.0) < self.clock.seconds():
+            self.log.warn(
+                "relay {relay} lags behind puts; asking it last for {seconds} s",
+                relay=name,
+                seconds=self.settings.suspect_for,
+            )
+        self._suspect_until[name] = until
+
+    def _trusted_first(self, names: list[str]) -> list[str]:
+        """`names` in order, the relays suspect now moved to the end."""
+        now = self.clock.seconds()
+        suspect = {n for n, until in self._suspect_until.items() if until > now}
+        return [n for n in names if n not in suspect] + [
+            n for n in names if n in suspect
+        ]
 
     def _put_one(self, name: str, digest: str, data: bytes) -> "Deferred[bool]":
         meta = {"digest": digest, "size": len(data)}
@@ -272,26 +336,38 @@ class _Race:
 
 
 class _PutRace:
-    """One chunk put: `replicas` relays at once, the next of the rank for each that
+    """One chunk put: `needed` relays at once, the next of the rank for each that
     fails, and for one that lags `put_laggard_after` behind a success."""
 
     def __init__(
-        self, client: ChunkClient, digest: str, data: bytes, order: list[str]
+        self,
+        client: ChunkClient,
+        digest: str,
+        data: bytes,
+        order: list[str],
+        needed: int,
     ) -> None:
         self.client = client
         self.digest = digest
         self.data = data
+        self.needed = needed
         self.untried = list(order)
         self.pending: dict[str, Deferred[bool]] = {}
         self.stored: list[str] = []
         self.done: Deferred[None] = Deferred(lambda _: self._stop())
         self.laggard_timer: IDelayedCall | None = None
+        # True while the first puts go out: one answered at once must not be
+        # taken for the whole race before the others are even asked.
+        self.starting = False
 
-    async def run(self) -> None:
-        for _ in range(self.client.replicas):
+    async def run(self) -> list[str]:
+        self.starting = True
+        for _ in range(self.needed):
             self._ask_next()
+        self.starting = False
         self._check()
         await self.done
+        return list(self.stored)
 
     def _ask_next(self) -> None:
         if not self.untried:
@@ -323,14 +399,15 @@ class _PutRace:
             digest=self.digest,
             relays=sorted(self.pending),
         )
-        for _ in list(self.pending):
+        for name in list(self.pending):
+            self.client.suspect(name)
             self._ask_next()
         self._check()
 
     def _check(self) -> None:
-        if self.done.called:
+        if self.done.called or self.starting:
             return
-        if len(self.stored) >= self.client.replicas:
+        if len(self.stored) >= self.needed:
             self._stop()
             self.done.callback(None)
         elif not self.pending:
@@ -338,7 +415,7 @@ class _PutRace:
             self.done.errback(
                 UploadFailed(
                     f"chunk {self.digest} is on {len(self.stored)} relays, "
-                    f"{self.client.replicas} needed"
+                    f"{self.needed} needed"
                 )
             )
 

@@ -282,6 +282,35 @@ class ChunkStore:
                 if _HEX.fullmatch(name) and name[:2] == shard.name:
                     yield f"{ALGORITHM}:{name}"
 
+    def sizes_after(self, after: str, limit: int) -> list[tuple[str, int]]:
+        """Up to `limit` chunks after `after` (``""`` for the first), in digest order,
+        each with its size on disk: a page of a walk over the whole store.
+
+        Reads only the shard directories the page needs, so a walk that stops
+        between pages costs nothing meanwhile. A chunk removed while listed is left
+        out.
+        """
+        start = _hex_of(after) if after else ""
+        page: list[tuple[str, int]] = []
+        for shard in sorted(self._chunks.iterdir()):
+            if shard.name < start[:2] or not shard.is_dir():
+                continue
+
+            for entry in sorted(shard.iterdir()):
+                name = entry.name
+                if name <= start or not (
+                    _HEX.fullmatch(name) and name[:2] == shard.name
+                ):
+                    continue
+                try:
+                    size = entry.stat().st_size
+                except FileNotFoundError:
+                    continue
+                page.append((f"{ALGORITHM}:{name}", size))
+                if len(page) == limit:
+                    return page
+        return page
+
     def _path(self, digest: str) -> pathlib.Path:
         """The file a caller's digest names, once the digest is known to be valid."""
         return self._path_of(_hex_of(digest))

@@ -8,8 +8,10 @@ from treescale.config import Topology
 from treescale.store.blobs import (
     ChunkedUpload,
     Recipe,
+    UploadState,
     read_blob,
     recipe_key,
+    resume_upload,
 )
 from treescale.store.budget import ChunkBudget
 from treescale.store.chunkclient import ChunkClient, ChunkSettings
@@ -17,6 +19,7 @@ from treescale.store.digests import ALGORITHM, digest_of
 from treescale.store.errors import BlobUnknown, StorageUnavailable
 from treescale.store.placement import Holder
 from treescale.store.records import HybridClock, RecordClient
+from treescale.store.scrub import read_repair_status
 
 
 class ClusterStorage:
@@ -70,6 +73,21 @@ class ClusterStorage:
             self.budget,
             algorithm,
         )
+
+    async def blob_resume(self, state: bytes) -> ChunkedUpload:
+        return await resume_upload(
+            self.chunks,
+            self.records,
+            self.chunk_size,
+            self.window,
+            self.budget,
+            UploadState.decode(state),
+        )
+
+    async def repair_status(self, now: float) -> dict[str, object]:
+        """What every relay's scrub last published (see `read_repair_status`)."""
+        relays = [holder.name for holder in self.chunks.holders]
+        return await read_repair_status(self.records, relays, now)
 
     async def blob_read(
         self, digest: str, start: int, end: int, consumer: IConsumer

@@ -9,7 +9,7 @@ Digests are strings in the spec's form, ``<algorithm>:<lowercase hex>``, of an
 algorithm `treescale.store.digests.ALGORITHMS` names (sha256 unless a client asks).
 """
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from twisted.internet.interfaces import IConsumer, IPushProducer
 
@@ -87,4 +87,31 @@ class Storage(Protocol):
 
         Only keys under `treescale.store.records.LISTED_PREFIXES` can be listed:
         relays index those alone.
+        """
+
+
+# Saving uploads part way. These are apart from the protocols above so that a store
+# which cannot resume an upload (a test's in-memory one) still is a `Storage`; the
+# registry persists its upload sessions only over a store that is both.
+
+
+@runtime_checkable
+class CheckpointedUpload(Protocol):
+    """A `BlobUpload` that can be saved part way."""
+
+    async def checkpoint(self) -> bytes:
+        """Wait for every chunk cut so far, store the partial one, and return the
+        state `ResumableStorage.blob_resume` takes up again (small: digests and a
+        hash state, no blob bytes)."""
+
+
+@runtime_checkable
+class ResumableStorage(Protocol):
+    """A `Storage` that can take up an upload saved by another process."""
+
+    async def blob_resume(self, state: bytes) -> BlobUpload:
+        """The upload `state` describes, ready for more bytes.
+
+        Raises ValueError when `state` is not a saved upload, `StorageUnavailable`
+        when the chunks it needs cannot be fetched.
         """

@@ -135,11 +135,30 @@ class RecordFiles:
     """The records one relay keeps on its disk."""
 
     def __init__(self, root: Path, *, fsync: bool = True) -> None:
+        """Open (creating if needed) a relay's records; clear a crash's leftovers."""
         self.root = root / "records"
         self.fsync = fsync
         self.root.mkdir(parents=True, exist_ok=True)
         self._listed: dict[str, Listed] | None = None
         self._listed_keys: list[str] = []
+        self._remove_leftovers()
+
+    def _remove_leftovers(self) -> None:
+        """Delete the temporary files of writes a crash cut short.
+
+        A record is replaced by renaming a complete temporary file over it, so a
+        leftover was never the record: the record is still its previous version.
+        """
+        removed = 0
+        for part in self.root.glob("*/*.part"):
+            part.unlink(missing_ok=True)
+            removed += 1
+        if removed:
+            log.info(
+                "Removed {count} unfinished record writes from {path}",
+                count=removed,
+                path=str(self.root),
+            )
 
     def _path(self, key: str) -> Path:
         name = hashlib.sha256(key.encode()).hexdigest()
@@ -240,6 +259,11 @@ class RecordClient:
         self.clock = clock
         self.timeout = timeout
 
+    # Shortcoming: a record's replicas are fixed by placement, with no fallback:
+    # while one of them is gone for good the record lives on the others only, and
+    # nothing copies it elsewhere (the scrub keeps chunks, not records). With as
+    # many relays as record replicas nothing could; with more, one more loss of a
+    # replica leaves too few for a quorum.
     def _replicas(self, key: str) -> list[str]:
         return [holder.name for holder in place(key, self.holders, self.replicas)]
 

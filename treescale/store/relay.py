@@ -3,8 +3,12 @@
 Chunk and record files are read and written in the reactor's thread pool, so one slow
 disk operation never stalls the links of this relay. Record work runs one request at a
 time, since a record put is a read-compare-replace of one file.
+
+Each relay also runs its scrub (`treescale.store.scrub.Scrubber`) as a child service
+of its bus node, so it starts and stops with the node.
 """
 
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -17,12 +21,17 @@ from twisted.python.threadpool import ThreadPool
 from treescale.bus.frames import Kind
 from treescale.bus.node import BusNode, HandlerError, Message
 from treescale.store.chunks import ChunkCorrupt, ChunkError, ChunkMissing, ChunkStore
+from treescale.store.placement import Holder
 from treescale.store.records import (
+    HybridClock,
+    RecordClient,
     RecordFiles,
     answer_record_get,
     answer_record_list,
     answer_record_put,
 )
+from treescale.store.scrub import Scrubber
+from treescale.store.scrub_settings import ScrubSettings, settings_from_environment
 
 
 class Relay:
@@ -37,7 +46,13 @@ class Relay:
         reactor: IReactorFromThreads,
         pool: ThreadPool,
         max_chunk: int,
+        scrub: ScrubSettings | None = None,
     ) -> None:
+        """Bind the handlers, and add the scrub to the bus node's services.
+
+        Fields of `scrub` (the defaults when None) may be overridden by the
+        environment (see `treescale.store.scrub.settings_from_environment`).
+        """
         self.bus = bus
         self.chunks = ChunkStore(root)
         self.records = RecordFiles(root)
@@ -45,6 +60,9 @@ class Relay:
         self.pool = pool
         self.max_chunk = max_chunk
         self._record_lock = DeferredLock()
+        self.scrubber = self._make_scrubber(
+            settings_from_environment(os.environ, scrub or ScrubSettings())
+        )
         handlers: dict[Kind, Callable[[Message], Awaitable[Message]]] = {
             Kind.CHUNK_PUT: self.chunk_put,
             Kind.CHUNK_GET: self.chunk_get,
@@ -54,6 +72,29 @@ class Relay:
             Kind.RECORD_LIST: self.record_list,
         }
         bus.handlers.update(handlers)
+
+    def _make_scrubber(self, settings: ScrubSettings) -> Scrubber:
+        """This relay's scrub, over every store of the topology."""
+        topology = self.bus.topology
+        holders = [
+            Holder(node.name, node.weight, node.domain) for node in topology.stores
+        ]
+        records = RecordClient(
+            self.bus, holders, topology.record_replicas, HybridClock(self.bus.me.id)
+        )
+        scrubber = Scrubber(
+            self.bus,
+            self.chunks,
+            self.reactor,
+            self.pool,
+            holders,
+            topology.replicas,
+            records,
+            settings,
+            max_chunk=self.max_chunk,
+        )
+        scrubber.setServiceParent(self.bus)  # type: ignore[no-untyped-call]
+        return scrubber
 
     async def record_get(self, message: Message) -> Message:
         return await self._record_work(answer_record_get, message)

@@ -1,0 +1,538 @@
+"""The background scrub of one relay: every chunk it holds verified and kept at its
+replica count, at a bounded rate.
+
+Why the relays scrub, not a registry node: a chunk's bytes are checked where they
+lie, with a local disk read and no network; each relay walks only its own disk, so the
+work grows with the relays and no node must know every chunk. Only the questions to
+the other homes (``CHUNK_HAS``, a few bytes) and the repairs themselves cross the bus.
+What no relay holds any more cannot be found this way; nothing could repair it
+anyway.
+
+One pass walks the chunk store in digest order, a page at a time, paced by
+`ScrubSettings.chunks_per_second` and `bytes_per_second`. For each chunk:
+
+1. read and verify it; a corrupt copy is quarantined by the store and fetched again,
+   verified, from another holder;
+2. ask the chunk's other effective homes (see `treescale.store.repair`) whether they
+   hold it, at its size;
+3. copy it to those that lack it, when this relay is the one to do so.
+
+Progress goes to the log as structured events (``scrub_*`` keys) and to the record
+``scrub/<relay>``, which `read_repair_status` gathers for a status page on any node.
+Nothing is ever deleted here.
+"""
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
+from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+from treescale.bus.frames import Kind
+from treescale.bus.node import BusError, BusNode, RemoteError
+from treescale.store.chunks import ChunkCorrupt, ChunkError, ChunkMissing, ChunkStore
+from treescale.store.digests import sha256_digest
+from treescale.store.errors import StorageError
+from treescale.store.placement import Holder, search_order
+from treescale.store.records import RecordClient
+from treescale.store.repair import (
+    Pacer,
+    PeerHealth,
+    PeerState,
+    ScrubCounts,
+    ScrubProgress,
+    copy_targets,
+    effective_homes,
+)
+from treescale.store.scrub_settings import ScrubSettings
+
+MiB = 1024 * 1024
+
+__all__ = ["STATUS_PREFIX", "ScrubSettings", "Scrubber", "read_repair_status"]
+
+STATUS_PREFIX = "scrub/"
+"""Key prefix of the records where each relay publishes its scrub's progress."""
+
+
+class Scrubber(Service):
+    """The scrub of one relay's chunk store, run as a child service of its bus."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        bus: BusNode,
+        chunks: ChunkStore,
+        reactor: IReactorFromThreads,
+        pool: ThreadPool,
+        holders: Sequence[Holder],
+        replicas: int,
+        records: RecordClient | None,
+        settings: ScrubSettings | None = None,
+        max_chunk: int = 64 * MiB,
+        wall: Any = time.time,
+    ) -> None:
+        self.bus = bus
+        self.me = bus.me.name
+        self.clock: IReactorTime = bus.clock
+        self.chunks = chunks
+        self.reactor = reactor
+        self.pool = pool
+        self.holders = list(holders)
+        self.replicas = min(replicas, len(self.holders))
+        self.records = records
+        self.settings = settings = settings or ScrubSettings()
+        self.max_chunk = max_chunk
+        self.wall = wall
+        self.health = PeerHealth(settings.recheck_after, settings.gone_after)
+        self.pacer = Pacer(settings.chunks_per_second, settings.bytes_per_second)
+        self.progress = ScrubProgress()
+        self._running: Deferred[None] | None = None
+        self._last_published = float("-inf")
+        self._publishing: Deferred[None] | None = None
+        self._probing: set[str] = set()
+
+    # Service life.
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        if not self.settings.enabled:
+            self.progress.state = "off"
+            self.log.info("scrub of {relay} is off", relay=self.me)
+            return
+        self._running = ensureDeferred(self._run())
+        self._running.addErrback(self._crashed)
+
+    def stopService(self) -> None:
+        super().stopService()  # type: ignore[no-untyped-call]
+        running, self._running = self._running, None
+        if running is not None:
+            running.cancel()
+
+    def _crashed(self, failure: Failure) -> None:
+        if isinstance(failure.value, CancelledError):
+            return
+        self.progress.state = "failed"
+        self.log.failure("scrub of {relay} stopped", failure, relay=self.me)
+
+    async def _run(self) -> None:
+        """Passes, one after another, `pass_interval` apart, for as long as we run."""
+        await self._sleep(self.settings.start_delay)
+        while True:
+            started = self.clock.seconds()
+            await self.run_pass()
+            elapsed = self.clock.seconds() - started
+            self.progress.state = "waiting"
+            await self._publish(force=True)
+            await self._sleep(max(0.0, self.settings.pass_interval - elapsed))
+
+    def _sleep(self, seconds: float) -> "Deferred[None]":
+        return deferLater(self.clock, seconds, lambda: None)
+
+    # One pass.
+
+    async def run_pass(self) -> ScrubCounts:
+        """Walk every chunk of the store once; what the pass found and did."""
+        progress = self.progress
+        progress.state = "scrubbing"
+        progress.passes += 1
+        progress.pass_started = self.wall()
+        progress.cursor = ""
+        progress.current = ScrubCounts()
+        started = self.clock.seconds()
+        self.log.info(
+            "scrub pass {scrub_pass} of {relay} starting",
+            scrub_pass=progress.passes,
+            relay=self.me,
+        )
+
+        while True:
+            page = await self._thread(
+                self.chunks.sizes_after, progress.cursor, self.settings.page_size
+            )
+            if not page:
+                break
+            for digest, size in page:
+                await self.scrub_chunk(digest, size)
+                progress.cursor = digest
+                await self._publish()
+
+        return self._end_pass(self.clock.seconds() - started)
+
+    def _end_pass(self, elapsed: float) -> ScrubCounts:
+        """Close the pass's counts and say what it did."""
+        progress = self.progress
+        counts = progress.current
+        progress.total.add(counts)
+        progress.last_pass = counts
+        progress.last_pass_ended = self.wall()
+        progress.last_pass_seconds = elapsed
+        progress.current = ScrubCounts()
+        self.log.info(
+            "scrub pass {scrub_pass} of {relay} done in {elapsed:.1f} s: "
+            "{scrub_chunks} chunks ({nbytes} bytes), {scrub_corrupt} corrupt, "
+            "{scrub_missing} copies missing, {scrub_copied} made, "
+            "{scrub_failed} repairs failed",
+            scrub_pass=progress.passes,
+            relay=self.me,
+            elapsed=elapsed,
+            scrub_chunks=counts.chunks,
+            nbytes=counts.nbytes,
+            scrub_corrupt=counts.corrupt,
+            scrub_missing=counts.missing,
+            scrub_copied=counts.copied,
+            scrub_failed=counts.failed,
+            peers=self.health.not_up(self.clock.seconds()),
+        )
+        return counts
+
+    async def scrub_chunk(self, digest: str, size: int) -> None:
+        """Verify one chunk here and bring its copies elsewhere up to count."""
+        await self._sleep(self.pacer.reserve(size, self.clock.seconds()))
+        data = await self._verified_local_copy(digest)
+        if data is None:
+            return
+
+        counts = self.progress.current
+        counts.chunks += 1
+        counts.nbytes += len(data)
+        ranked = [h.name for h in search_order(digest, self.holders, self.replicas)]
+        self._recheck_not_up(digest, ranked)
+        now = self.clock.seconds()
+        homes = effective_homes(ranked, self.replicas, self.me, self.health, now)
+        holds = await self._ask_homes(digest, len(data), homes)
+        counts.missing += sum(1 for held in holds.values() if held is False)
+
+        for target in copy_targets(self.me, homes, holds):
+            await self._copy_to(target, digest, data)
+
+    async def _verified_local_copy(self, digest: str) -> bytes | None:
+        """This relay's copy, verified, fetched again if it was bad; None if there
+        is none to go on with."""
+        counts = self.progress.current
+        try:
+            data: bytes = await self._thread(self.chunks.read, digest)
+            return data
+        except ChunkMissing:
+            return None
+        except ChunkCorrupt as e:
+            counts.corrupt += 1
+            self.log.error(
+                "scrub of {relay}: chunk {digest} is corrupt here: {why}",
+                relay=self.me,
+                digest=digest,
+                why=str(e),
+            )
+        except (ChunkError, OSError) as e:
+            counts.errors += 1
+            self.log.error(
+                "scrub of {relay} cannot read chunk {digest}: {why}",
+                relay=self.me,
+                digest=digest,
+                why=str(e),
+            )
+            return None
+
+        fetched = await self._fetch_good_copy(digest)
+        if fetched is None:
+            counts.failed += 1
+            return None
+        counts.restored += 1
+        return fetched
+
+    async def _fetch_good_copy(self, digest: str) -> bytes | None:
+        """A verified copy of a chunk from another holder, written back here."""
+        ranked = [h.name for h in search_order(digest, self.holders, self.replicas)]
+        for name in ranked:
+            if name == self.me or not self.health.should_ask(
+                name, self.clock.seconds()
+            ):
+                continue
+            reply = await self._request(
+                name, Kind.CHUNK_GET, {"digest": digest}, max_reply=self.max_chunk
+            )
+            if reply is None or sha256_digest(reply) != digest:
+                continue
+            try:
+                await self._thread(self._write, digest, reply)
+            except (ChunkError, OSError) as e:
+                self.log.error(
+                    "scrub of {relay} cannot store chunk {digest}: {why}",
+                    relay=self.me,
+                    digest=digest,
+                    why=str(e),
+                )
+                return None
+            self.log.info(
+                "scrub of {relay}: chunk {digest} fetched again from {source}",
+                relay=self.me,
+                digest=digest,
+                source=name,
+            )
+            return reply
+        self.log.error(
+            "scrub of {relay}: no other relay gave a good copy of chunk {digest}",
+            relay=self.me,
+            digest=digest,
+        )
+        return None
+
+    def _recheck_not_up(self, digest: str, ranked: Sequence[str]) -> None:
+        """Ask again, in the background and once per `recheck_after`, each relay
+        of `ranked` found down or gone; one that answers is up again, a home again,
+        and serves what it still holds. The pass goes on meanwhile, presuming: a
+        dead relay must not stall it for a timeout at each try."""
+        now = self.clock.seconds()
+        for name in ranked:
+            if name == self.me or name in self._probing:
+                continue
+            if self.health.state(name, now) is PeerState.UP:
+                continue
+            if not self.health.should_ask(name, now):
+                continue
+            self._probing.add(name)
+            probe = ensureDeferred(
+                self._request_meta(name, Kind.CHUNK_HAS, {"digest": digest})
+            )
+            probe.addBoth(self._probed, name)
+
+    def _probed(self, _: object, name: str) -> None:
+        self._probing.discard(name)
+
+    async def _ask_homes(
+        self, digest: str, size: int, homes: Sequence[str]
+    ) -> dict[str, bool | None]:
+        """For each other home: holds a copy of the right size (True), does not
+        (False), or is down and presumed to (None)."""
+        holds: dict[str, bool | None] = {}
+        for name in homes:
+            if name == self.me:
+                continue
+            if self.health.state(name, self.clock.seconds()) is not PeerState.UP:
+                holds[name] = None
+                continue
+            reply = await self._request_meta(name, Kind.CHUNK_HAS, {"digest": digest})
+            if reply is None:
+                holds[name] = None
+            else:
+                holds[name] = bool(reply.get("has")) and reply.get("size") == size
+        return holds
+
+    async def _copy_to(self, target: str, digest: str, data: bytes) -> None:
+        """Put a good copy on `target`, counting the outcome."""
+        counts = self.progress.current
+        meta = {"digest": digest, "size": len(data)}
+        answered = await self._request_meta(target, Kind.CHUNK_PUT, meta, data)
+        if answered is None:
+            counts.failed += 1
+            return
+        counts.copied += 1
+        self.log.info(
+            "scrub of {relay}: re-created chunk {digest} on {target}",
+            relay=self.me,
+            digest=digest,
+            target=target,
+            nbytes=len(data),
+        )
+
+    # Requests to other relays.
+
+    async def _request(
+        self,
+        name: str,
+        kind: Kind,
+        meta: Mapping[str, Any],
+        data: bytes = b"",
+        max_reply: int = 1024,
+    ) -> bytes | None:
+        """The data of a reply, or None when `name` gave none (noted in health)."""
+        reply = await self._exchange(name, kind, meta, data, max_reply)
+        return None if reply is None else reply[1]
+
+    async def _request_meta(
+        self, name: str, kind: Kind, meta: Mapping[str, Any], data: bytes = b""
+    ) -> Mapping[str, Any] | None:
+        """The metadata of a reply, or None when `name` gave none."""
+        reply = await self._exchange(name, kind, meta, data, 1024)
+        return None if reply is None else reply[0]
+
+    async def _exchange(
+        self,
+        name: str,
+        kind: Kind,
+        meta: Mapping[str, Any],
+        data: bytes,
+        max_reply: int,
+    ) -> tuple[Mapping[str, Any], bytes] | None:
+        """One request to another relay; None on any failure, which is logged."""
+        self.health.asked(name, self.clock.seconds())
+        try:
+            reply = await self.bus.request(
+                name,
+                kind,
+                meta,
+                data,
+                max_reply=max_reply,
+                timeout=self.settings.request_timeout,
+            )
+        except RemoteError as e:
+            self._heard_from(name)
+            self.log.warn(
+                "scrub of {relay}: {kind} to {target} refused: {why}",
+                relay=self.me,
+                kind=kind.name,
+                target=name,
+                why=str(e),
+            )
+            return None
+        except BusError as e:
+            if self.health.failed(name, self.clock.seconds()):
+                self.log.warn(
+                    "scrub of {relay}: {target} does not answer ({why}); "
+                    "presuming it down",
+                    relay=self.me,
+                    target=name,
+                    why=str(e),
+                )
+            return None
+        self._heard_from(name)
+        return reply.meta, reply.data
+
+    def _heard_from(self, name: str) -> None:
+        if self.health.answered(name):
+            self.log.info(
+                "scrub of {relay}: {target} answers again", relay=self.me, target=name
+            )
+
+    # Disk work, in the thread pool.
+
+    def _thread(self, work: Any, *args: object) -> Any:
+        return deferToThreadPool(self.reactor, self.pool, work, *args)
+
+    def _write(self, digest: str, data: bytes) -> None:
+        writer = self.chunks.open_writer(digest, len(data))
+        try:
+            writer.write(data)
+            writer.commit()
+        finally:
+            writer.abort()
+
+    # Status.
+
+    def status(self) -> dict[str, object]:
+        """Where this relay's scrub stands, as JSON-ready values."""
+        progress = self.progress
+        return {
+            "relay": self.me,
+            "state": progress.state,
+            "passes": progress.passes,
+            "pass_started": progress.pass_started,
+            "cursor": progress.cursor,
+            "current_pass": progress.current.to_json(),
+            "last_pass": None
+            if progress.last_pass is None
+            else progress.last_pass.to_json(),
+            "last_pass_ended": progress.last_pass_ended,
+            "last_pass_seconds": progress.last_pass_seconds,
+            "total": progress.total.to_json(),
+            "peers_not_up": self.health.not_up(self.clock.seconds()),
+            "settings": {
+                "bytes_per_second": self.settings.bytes_per_second,
+                "chunks_per_second": self.settings.chunks_per_second,
+                "pass_interval": self.settings.pass_interval,
+                "gone_after": self.settings.gone_after,
+            },
+            "updated": self.wall(),
+        }
+
+    async def _publish(self, force: bool = False) -> None:
+        """Write the status record, at most every `status_interval` seconds.
+
+        The write goes on in the background: a tree without a quorum for it must
+        not slow the scrub. A forced write (a pass's end) waits for the one before.
+        """
+        now = self.clock.seconds()
+        if self.records is None:
+            return
+        if not force and now - self._last_published < self.settings.status_interval:
+            return
+        if self._publishing is not None:
+            if not force:
+                return
+            await self._publishing
+        self._last_published = now
+        self._publishing = ensureDeferred(self._write_status(self.records))
+        self._publishing.addBoth(self._published)
+
+    def _published(self, _: object) -> None:
+        self._publishing = None
+
+    async def _write_status(self, records: RecordClient) -> None:
+        document = json.dumps(self.status()).encode()
+        try:
+            await records.put(status_key(self.me), document)
+        except (StorageError, BusError) as e:
+            self.log.warn(
+                "scrub of {relay}: status not published: {why}",
+                relay=self.me,
+                why=str(e),
+            )
+
+
+def status_key(relay: str) -> str:
+    """The record holding relay `relay`'s scrub status."""
+    return f"{STATUS_PREFIX}{relay}"
+
+
+async def read_repair_status(
+    records: RecordClient, relays: Sequence[str], now: float
+) -> dict[str, object]:
+    """Every relay's last published scrub status, and the sums over them.
+
+    A relay that never published (or whose record cannot be read) is None; `age`
+    says how many seconds old each status is, so a relay that went silent shows.
+    """
+    found: dict[str, object] = {}
+    totals = ScrubCounts()
+    for relay in relays:
+        try:
+            raw = await records.get(status_key(relay))
+        except (StorageError, BusError):
+            raw = None
+        status = _status_from(raw)
+        if status is not None:
+            updated = status.get("updated")
+            if isinstance(updated, int | float):
+                status["age"] = max(0.0, now - updated)
+            _add_counts(totals, status.get("total"))
+        found[relay] = status
+    return {"relays": found, "total": totals.to_json()}
+
+
+def _status_from(raw: bytes | None) -> dict[str, Any] | None:
+    """A status record's document; None when there is none or it is unreadable."""
+    if raw is None:
+        return None
+    try:
+        document = json.loads(raw)
+    except ValueError:
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def _add_counts(totals: ScrubCounts, counts: object) -> None:
+    """Add a published count table into `totals`, ignoring what is not a count."""
+    if not isinstance(counts, dict):
+        return
+    for name in ScrubCounts.__dataclass_fields__:
+        value = counts.get(name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            setattr(totals, name, getattr(totals, name) + value)
