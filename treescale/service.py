@@ -123,7 +123,7 @@ def make_bus_tls(topology: Topology, node: NodeConfig) -> BusTls | None:
 def make_site(bus: BusNode, topology: Topology, node: NodeConfig, reactor: Any) -> Site:
     """The registry's HTTP site, with the node's status page and, in token mode,
     its token endpoint beside the API."""
-    storage = ClusterStorage(bus, topology, reactor)
+    storage = ClusterStorage(bus, topology, reactor, reactor.getThreadPool())
     authenticator = make_authenticator(topology, reactor)
     needed = relays_needed(
         len(topology.stores), topology.replicas, topology.record_replicas

@@ -530,3 +530,69 @@ def test_relay_that_lagged_is_asked_last_for_a_while() -> None:
     clock.advance(ChunkSettings().suspect_for)
     put(chunks)
     assert bus.asked() == order[:2]
+
+
+# Verification off the reactor thread.
+
+
+class HeldVerifier:
+    """Verifications the test finishes by hand, as a thread pool would later."""
+
+    def __init__(self) -> None:
+        self.held: list[tuple[Deferred[str], bytes]] = []
+
+    def __call__(self, data: bytes) -> "Deferred[str]":
+        checking: Deferred[str] = Deferred()
+        self.held.append((checking, data))
+        return checking
+
+    def finish(self, index: int = 0) -> None:
+        checking, data = self.held[index]
+        checking.callback(sha256_digest(data))
+
+
+def held_client(bus: FakeBus, verifier: HeldVerifier, clock: Clock) -> ChunkClient:
+    return ChunkClient(cast(BusNode, bus), HOLDERS, clock, ChunkSettings(), verifier)
+
+
+def test_an_answer_being_verified_still_counts_as_asked() -> None:
+    """While one holder's bytes are checked elsewhere, another holder failing does
+    not end the get: the verified bytes win when the check ends."""
+    bus, verifier, clock = FakeBus(up=candidates()[:2]), HeldVerifier(), Clock()
+    d = get(held_client(bus, verifier, clock))
+    clock.advance(HEDGE)
+    bus.calls[0].reply(DATA)
+    bus.calls[1].refuse()
+
+    assert len(bus.calls) == 2 and not d.called
+    verifier.finish()
+
+    assert success(d) == DATA
+
+
+def test_bad_bytes_found_by_a_later_check_ask_the_next_holder() -> None:
+    """A check that ends with the wrong digest moves the get to the next holder."""
+    bus, verifier, clock = FakeBus(), HeldVerifier(), Clock()
+    d = get(held_client(bus, verifier, clock))
+    bus.calls[0].reply(DATA[:-1] + b"!")
+    verifier.finish()
+
+    assert len(bus.calls) == 2
+    bus.calls[1].reply(DATA)
+    verifier.finish(1)
+
+    assert success(d) == DATA
+
+
+def test_cancelling_a_get_during_its_check_leaves_nothing_running() -> None:
+    """A client that leaves while bytes are being checked cancels the check; its
+    late result is ignored."""
+    bus, verifier, clock = FakeBus(), HeldVerifier(), Clock()
+    d = get(held_client(bus, verifier, clock))
+    bus.calls[0].reply(DATA)
+
+    d.cancel()
+    verifier.finish()
+
+    assert isinstance(failure(d).value, CancelledError)
+    assert clock.getDelayedCalls() == []

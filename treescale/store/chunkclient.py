@@ -27,8 +27,9 @@ The chunks placed elsewhere meanwhile are copied home by the relays' scrub.
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -38,6 +39,12 @@ from treescale.bus.node import BusError, BusNode, Message, RemoteError
 from treescale.store.digests import sha256_digest
 from treescale.store.errors import StorageUnavailable, UploadFailed
 from treescale.store.placement import Holder, search_order
+
+
+def _verify_here(data: bytes) -> "Deferred[str]":
+    """The digest of `data`, computed at once in this thread."""
+    return succeed(sha256_digest(data))
+
 
 # What a relay answers when its copy of a chunk is gone or failed verification.
 LOST_COPY_CODES = frozenset({"chunk_missing", "chunk_corrupt"})
@@ -69,10 +76,14 @@ class ChunkClient:
         holders: Sequence[Holder],
         clock: IReactorTime,
         settings: ChunkSettings = ChunkSettings(),
+        verify: Callable[[bytes], "Deferred[str]"] | None = None,
     ) -> None:
         self.bus = bus
         self.holders = list(holders)
         self.clock = clock
+        self.verify = verify or _verify_here
+        """Hashes a chunk's bytes: in a thread pool on a registry node, so the
+        reactor goes on reading other chunks while one is checked."""
         self.settings = settings
         self.replicas = min(settings.replicas, len(self.holders))
         self._turn = itertools.count()
@@ -226,7 +237,8 @@ class _Race:
         self.homes = homes
         self.to_repair: list[str] = []
         self.waiting = list(order)
-        self.asked: dict[str, Deferred[Message]] = {}
+        self.asked: dict[str, Deferred[Any]] = {}
+        """The holders asked (or whose answer is being verified) by name."""
         self.done: Deferred[bytes] = Deferred(lambda _: self._stop())
         self.hedge: IDelayedCall | None = None
         self.errors: list[str] = []
@@ -275,11 +287,23 @@ class _Race:
         self._ask_next()
 
     def _answered(self, reply: Message, name: str) -> None:
+        """Verify a holder's answer; until that ends it counts as still asked."""
+        if self.done.called:
+            del self.asked[name]
+            return
+        checking = self.client.verify(reply.data)
+        self.asked[name] = checking
+        checking.addCallbacks(
+            self._verified,
+            self._failed,
+            callbackArgs=(reply.data, name),
+            errbackArgs=(name,),
+        )
+
+    def _verified(self, actual: str, data: bytes, name: str) -> None:
         del self.asked[name]
         if self.done.called:
             return
-        data = reply.data
-        actual = sha256_digest(data)
         if actual != self.digest or len(data) != self.size:
             self.client.log.error(
                 "bad bytes for chunk {digest} from {relay}",
@@ -295,9 +319,8 @@ class _Race:
 
     def _repair(self, data: bytes) -> None:
         """Put the good bytes back on home relays that lost or damaged their copy."""
-        # Shortcoming: copies are re-created only when a chunk is read. A relay
-        # whose disk is lost leaves the chunks nobody reads at one copy until a
-        # background scrub exists.
+        # Chunks nobody reads are brought back to their copies by the relays'
+        # scrub (treescale.store.scrub).
         for name in self.to_repair:
             self.client.log.info(
                 "re-creating chunk {digest} on {relay}", digest=self.digest, relay=name

@@ -1,7 +1,13 @@
 """The `Storage` the registry uses: blobs and records spread over the tree's relays."""
 
-from twisted.internet.interfaces import IConsumer, IReactorTime
+from functools import partial
+from typing import cast
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IConsumer, IReactorFromThreads, IReactorTime
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
 
 from treescale.bus.node import BusNode
 from treescale.config import Topology
@@ -15,7 +21,7 @@ from treescale.store.blobs import (
 )
 from treescale.store.budget import ChunkBudget
 from treescale.store.chunkclient import ChunkClient, ChunkSettings
-from treescale.store.digests import ALGORITHM, digest_of
+from treescale.store.digests import ALGORITHM, digest_of, sha256_digest
 from treescale.store.errors import BlobUnknown, StorageUnavailable
 from treescale.store.placement import Holder
 from treescale.store.records import HybridClock, RecordClient
@@ -27,7 +33,14 @@ class ClusterStorage:
 
     log = Logger()
 
-    def __init__(self, bus: BusNode, topology: Topology, clock: IReactorTime) -> None:
+    def __init__(
+        self,
+        bus: BusNode,
+        topology: Topology,
+        clock: IReactorTime,
+        pool: ThreadPool | None = None,
+    ) -> None:
+        """`pool`, when given, hashes fetched chunks off the reactor thread."""
         holders = [
             Holder(node.name, node.weight, node.domain) for node in topology.stores
         ]
@@ -35,8 +48,12 @@ class ClusterStorage:
         self.chunk_size = topology.chunk_size
         self.window = topology.window
         self.budget = ChunkBudget(topology.buffer_chunks)
+        verify = None
+        if pool is not None:
+            reactor = cast(IReactorFromThreads, clock)
+            verify = partial(_digest_in_pool, reactor, pool)
         self.chunks = ChunkClient(
-            bus, holders, clock, ChunkSettings(replicas=topology.replicas)
+            bus, holders, clock, ChunkSettings(replicas=topology.replicas), verify
         )
         self.records = RecordClient(
             bus, holders, topology.record_replicas, HybridClock(bus.me.id)
@@ -114,3 +131,11 @@ class ClusterStorage:
 
     async def record_list(self, prefix: str, after: str, limit: int) -> list[str]:
         return await self.records.list_keys(prefix, after, limit)
+
+
+def _digest_in_pool(
+    reactor: IReactorFromThreads, pool: ThreadPool, data: bytes
+) -> "Deferred[str]":
+    """A chunk's digest computed in `pool`: hashlib lets go of the GIL while it
+    hashes, so the reactor thread keeps serving meanwhile."""
+    return deferToThreadPool(reactor, pool, sha256_digest, data)
