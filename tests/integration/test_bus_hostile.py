@@ -169,10 +169,20 @@ class BusPeer:
         )
 
     def answers(self) -> list[Frame]:
-        """Every answer received so far, heartbeats and HELLO left out."""
+        """Every answer received so far: replies, errors and their data.
+
+        Heartbeats, HELLO and the requests the tree itself sends to the node this
+        peer stands in for (a relay's scrub asks its peers about chunks) are left
+        out.
+        """
         while self._read(0.001):
             pass
-        kept = [f for f in self.backlog if f.kind not in (Kind.HEARTBEAT, Kind.HELLO)]
+        kept = [
+            frame
+            for frame in self.backlog
+            if frame.kind not in (Kind.HEARTBEAT, Kind.HELLO)
+            and not (frame.correlation == 0 and frame.kind not in ANSWER_KINDS)
+        ]
         self.backlog = []
         return kept
 
@@ -205,6 +215,9 @@ def hello_as(peer: BusPeer, **fields: object) -> None:
     """Answer the node's HELLO with its own fields but those given."""
     meta = {**peer.hello().meta, **fields}
     peer.send(Frame(Kind.HELLO, new_id(), meta=meta))
+
+
+ANSWER_KINDS = (Kind.REPLY, Kind.ERROR, Kind.DATA)
 
 
 @contextmanager
