@@ -78,7 +78,7 @@ def test_index_is_rebuilt_from_the_files(tmp_path: Path) -> None:
     """A relay that restarts lists what its files hold; unlisted keys stay out."""
     files = RecordFiles(tmp_path, fsync=False)
     files.put("tag/a:v1", Stored(v(1), b"d"))
-    files.put("recipe/sha256:00", Stored(v(1), b"r"))
+    files.put("chunk/sha256:00", Stored(v(1), b"r"))
 
     entries, _ = RecordFiles(tmp_path, fsync=False).listing("tag/", "", 10)
 
@@ -88,7 +88,7 @@ def test_index_is_rebuilt_from_the_files(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "meta",
     [
-        {"prefix": "recipe/", "after": "", "limit": 1},
+        {"prefix": "chunk/", "after": "", "limit": 1},
         {"prefix": "tag/", "after": 3, "limit": 1},
         {"prefix": "tag/", "after": "", "limit": 0},
         {"prefix": "tag/", "after": "", "limit": records.MAX_LIST_PAGE + 1},
@@ -190,7 +190,7 @@ def test_listing_of_an_unlisted_prefix_is_a_bug(files: dict[str, RecordFiles]) -
     """Asking for keys no relay indexes is refused before anything is sent."""
     bus = FakeBus(files)
 
-    error = failure(ensureDeferred(client_over(bus).list_keys("recipe/", "", 5))).value
+    error = failure(ensureDeferred(client_over(bus).list_keys("chunk/", "", 5))).value
 
     assert isinstance(error, ValueError)
     assert bus.calls == []

@@ -76,6 +76,9 @@ def test_relay_binds_its_handlers(tmp_path: Path) -> None:
         Kind.RECORD_GET,
         Kind.RECORD_PUT,
         Kind.RECORD_LIST,
+        Kind.RECORD_PURGE,
+        Kind.CHUNK_AGES,
+        Kind.CHUNK_SWEEP,
     }
 
 

@@ -70,6 +70,9 @@ class Kind(enum.IntEnum):
     RECORD_GET = 19
     RECORD_PUT = 20
     RECORD_LIST = 21
+    CHUNK_AGES = 22
+    CHUNK_SWEEP = 23
+    RECORD_PURGE = 24
 
 
 class Flag(enum.IntFlag):

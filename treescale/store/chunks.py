@@ -35,7 +35,9 @@ import os
 import pathlib
 import re
 import secrets
+import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import BinaryIO, Literal
 
 from twisted.logger import Logger
@@ -45,6 +47,16 @@ from treescale.store.digests import ALGORITHM
 _DIGEST = re.compile(ALGORITHM + r":([0-9a-f]{64})")
 _HEX = re.compile(r"[0-9a-f]{64}")
 _PART_SUFFIX = ".part"
+
+
+@dataclass(frozen=True)
+class AgedChunk:
+    """A chunk file as the garbage collector sees it."""
+
+    digest: str
+    size: int
+    written: float
+    """When the file was last renamed into place, in epoch seconds."""
 
 
 class ChunkError(Exception):
@@ -97,8 +109,10 @@ class ChunkWriter:
         size: int,
         *,
         fsync: bool,
+        swap: "threading.Lock | None" = None,
     ) -> None:
         self._temp = temp
+        self._swap = swap or threading.Lock()
         self._final = final
         self._hex = hex_digest
         self._size = size
@@ -142,7 +156,8 @@ class ChunkWriter:
             self._file.close()
 
             self._make_shard()
-            os.replace(self._temp, self._final)
+            with self._swap:
+                os.replace(self._temp, self._final)
             if self._fsync:
                 _fsync_dir(self._final.parent)
         except BaseException:
@@ -209,6 +224,9 @@ class ChunkStore:
         self._chunks = root / "chunks" / ALGORITHM
         self._tmp = root / "tmp"
         self._quarantine = root / "quarantine"
+        # Held while a chunk file is renamed into place and while the sweep checks
+        # a file's age and removes it, so a fresh copy is never swept unseen.
+        self._swap = threading.Lock()
 
         for path in (self._chunks, self._tmp, self._quarantine):
             path.mkdir(parents=True, exist_ok=True)
@@ -234,7 +252,12 @@ class ChunkStore:
 
         temp = self._tmp / f"{secrets.token_hex(16)}{_PART_SUFFIX}"
         return ChunkWriter(
-            temp, self._path_of(hex_digest), hex_digest, size, fsync=self._fsync
+            temp,
+            self._path_of(hex_digest),
+            hex_digest,
+            size,
+            fsync=self._fsync,
+            swap=self._swap,
         )
 
     def read(self, digest: str) -> bytes:
@@ -310,6 +333,53 @@ class ChunkStore:
                 if len(page) == limit:
                     return page
         return page
+
+    def aged_after(self, after: str, limit: int) -> list["AgedChunk"]:
+        """Like `sizes_after`, each chunk with the time its file was last written.
+
+        The garbage collector's view of a relay: a chunk rewritten by a push (every
+        put renames a fresh file into place) looks young again.
+        """
+        start = _hex_of(after) if after else ""
+        page: list[AgedChunk] = []
+        for shard in sorted(self._chunks.iterdir()):
+            if shard.name < start[:2] or not shard.is_dir():
+                continue
+
+            for entry in sorted(shard.iterdir()):
+                name = entry.name
+                if name <= start or not (
+                    _HEX.fullmatch(name) and name[:2] == shard.name
+                ):
+                    continue
+                try:
+                    status = entry.stat()
+                except FileNotFoundError:
+                    continue
+                page.append(
+                    AgedChunk(f"{ALGORITHM}:{name}", status.st_size, status.st_mtime)
+                )
+                if len(page) == limit:
+                    return page
+        return page
+
+    def delete_if_older(self, digest: str, cutoff: float) -> int | None:
+        """Remove a chunk last written before `cutoff` (epoch seconds); the bytes
+        freed, or None when it is missing or newer.
+
+        The age is checked and the file removed under the lock a commit holds to
+        rename, so a push that rewrites the chunk meanwhile keeps its copy.
+        """
+        path = self._path(digest)
+        with self._swap:
+            try:
+                status = path.stat()
+            except FileNotFoundError:
+                return None
+            if status.st_mtime >= cutoff:
+                return None
+            path.unlink(missing_ok=True)
+        return status.st_size
 
     def _path(self, digest: str) -> pathlib.Path:
         """The file a caller's digest names, once the digest is known to be valid."""

@@ -15,7 +15,8 @@ holding a JSON document: the key, its version, whether it is a deletion, and the
 in base64. A deletion is kept as a tombstone so an old replica cannot bring the value
 back.
 
-Records under `LISTED_PREFIXES` (repositories, tags, referrers) can also be listed in
+Records under `LISTED_PREFIXES` (repositories, tags, referrers, and what garbage
+collection walks) can also be listed in
 key order. Files are named by hash, so each relay keeps an index of those keys in
 memory, built from its files on the first listing and kept up to date by every write.
 A listing asks every relay, since any may hold some of the keys; see
@@ -50,8 +51,17 @@ MAX_CLOCK_SKEW = 600.0
 far in the future would win every later write."""
 RECORD_TIMEOUT = 10.0
 
-LISTED_PREFIXES = ("repo/", "tag/", "referrer/")
-"""Key prefixes whose records relays index so they can be listed."""
+LISTED_PREFIXES = (
+    "repo/",
+    "tag/",
+    "referrer/",
+    "link/",
+    "manifest/",
+    "recipe/",
+    "upload/",
+)
+"""Key prefixes whose records relays index so they can be listed (the last four
+so that garbage collection can walk every blob, link, manifest and upload)."""
 MAX_LIST_PAGE = 1000
 """The most keys one relay returns for one listing request."""
 MAX_LIST_REPLY = 4 * 1024 * 1024
@@ -196,6 +206,38 @@ class RecordFiles:
         self._index(Listed(key, stored.version, stored.value is None))
         return True
 
+    def purge_tombstones(self, before_ms: int, limit: int) -> int:
+        """Remove up to `limit` tombstones written before `before_ms`; how many.
+
+        Only safe long after the deletion: a replica that missed it and still holds
+        the value would bring it back by read repair once the tombstone is gone,
+        so the horizon must exceed any time a replica may stay away.
+        """
+        purged = 0
+        for path in self.root.glob("*/*"):
+            if purged == limit:
+                break
+            if path.suffix == ".part":
+                continue
+            try:
+                document = json.loads(path.read_bytes())
+            except FileNotFoundError:
+                continue
+            version = Version.from_list(document["version"])
+            if not document["deleted"] or version.wall_ms >= before_ms:
+                continue
+            path.unlink(missing_ok=True)
+            self._forget(str(document["key"]))
+            purged += 1
+        return purged
+
+    def _forget(self, key: str) -> None:
+        """Drop a purged key from the index, once the index exists."""
+        if self._listed is None or key not in self._listed:
+            return
+        del self._listed[key]
+        self._listed_keys.pop(bisect.bisect_left(self._listed_keys, key))
+
     def listing(self, prefix: str, after: str, limit: int) -> tuple[list[Listed], bool]:
         """Up to `limit` listed keys with `prefix` greater than `after`, tombstones
         too, in key order; and whether more follow."""
@@ -329,18 +371,46 @@ class RecordClient:
         if not is_listed(prefix):
             raise ValueError(f"records under {prefix!r} are not listed")
 
-        keys: list[str] = []
-        while len(keys) < limit:
-            live, end = await self._list_page(prefix, after, limit - len(keys))
-            keys += live
+        return [entry.key for entry in await self.list_entries(prefix, after, limit)]
+
+    async def list_entries(self, prefix: str, after: str, limit: int) -> list[Listed]:
+        """Like `list_keys`, each live key with the version of its newest write."""
+        if not is_listed(prefix):
+            raise ValueError(f"records under {prefix!r} are not listed")
+
+        entries: list[Listed] = []
+        while len(entries) < limit:
+            live, end = await self._list_page(prefix, after, limit - len(entries))
+            entries += live
             if end is None:
                 break
             after = end
-        return keys[:limit]
+        return entries[:limit]
+
+    async def delete_after(self, key: str, seen: Version) -> None:
+        """Delete the record as it was at version `seen`, and no later write.
+
+        The tombstone's version follows `seen` at once (same wall time, the next
+        counter), so a write made since, whose wall time is later, stays newer
+        than the tombstone on every replica and survives it: a collector that
+        judged a record garbage cannot erase a fresh write of it.
+        """
+        tombstone = Stored(
+            Version(seen.wall_ms, seen.counter + 1, self.clock.node), None
+        )
+        names = self._replicas(key)
+        answers = await self._ask_quorum(
+            names, Kind.RECORD_PUT, _put_meta(key, tombstone), b"", 1024
+        )
+        if len(answers) < self.quorum:
+            raise StorageUnavailable(
+                f"record {key!r}: {len(answers)} of {len(names)} replicas deleted it, "
+                f"{self.quorum} needed"
+            )
 
     async def _list_page(
         self, prefix: str, after: str, limit: int
-    ) -> tuple[list[str], str | None]:
+    ) -> tuple[list[Listed], str | None]:
         """One round of a listing: the live keys up to where every relay's page is
         sure to be complete, and that key (None when no relay has more)."""
         names = [holder.name for holder in self.holders]
@@ -368,7 +438,7 @@ class RecordClient:
                 if known is None or entry.version > known.version:
                     newest[entry.key] = entry
                     self.clock.observe(entry.version)
-        live = sorted(key for key, entry in newest.items() if not entry.deleted)
+        live = [newest[key] for key in sorted(newest) if not newest[key].deleted]
         return live, end
 
     def _repair(self, key: str, newest: Stored, names: list[str]) -> None:
@@ -530,6 +600,34 @@ def answer_record_put(
         )
     kept = files.put(key, Stored(version, value))
     return Message(Kind.REPLY, message.origin, {"kept": kept})
+
+
+MAX_PURGE = 10_000
+"""The most tombstones one relay removes for one purge request."""
+
+
+MIN_PURGE_AGE = 86400.0
+"""Seconds a tombstone is kept at the least, whatever a purge request asks."""
+
+
+def answer_record_purge(
+    files: RecordFiles, message: Message, wall: Callable[[], float] = time.time
+) -> Message:
+    """A relay's answer to RECORD_PURGE: drop tombstones older than the request's
+    ``older_than`` seconds by this relay's clock (blocking)."""
+    older_than = message.meta.get("older_than")
+    limit = message.meta.get("limit")
+    if isinstance(older_than, bool) or not isinstance(older_than, int | float):
+        raise HandlerError("bad_request", "purge without a horizon")
+    if older_than < MIN_PURGE_AGE:
+        raise HandlerError("bad_request", f"purge horizon under {MIN_PURGE_AGE:.0f} s")
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise HandlerError("bad_request", "purge without a limit")
+    if not 1 <= limit <= MAX_PURGE:
+        raise HandlerError("bad_request", f"purge limit must be 1..{MAX_PURGE}")
+    before_ms = int((wall() - older_than) * 1000)
+    purged = files.purge_tombstones(before_ms, limit)
+    return Message(Kind.REPLY, message.origin, {"purged": purged})
 
 
 def _key_of(message: Message) -> str:

@@ -4,11 +4,17 @@ Chunk and record files are read and written in the reactor's thread pool, so one
 disk operation never stalls the links of this relay. Record work runs one request at a
 time, since a record put is a read-compare-replace of one file.
 
+For garbage collection a relay lists its chunks with their ages (CHUNK_AGES),
+deletes the ones a collector names if they are still old enough (CHUNK_SWEEP), and
+drops tombstones past a horizon (RECORD_PURGE); see `treescale.gc.collector`.
+
 Each relay also runs its scrub (`treescale.store.scrub.Scrubber`) as a child service
 of its bus node, so it starts and stops with the node.
 """
 
+import json
 import os
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -21,6 +27,7 @@ from twisted.python.threadpool import ThreadPool
 from treescale.bus.frames import Kind
 from treescale.bus.node import BusNode, HandlerError, Message
 from treescale.store.chunks import ChunkCorrupt, ChunkError, ChunkMissing, ChunkStore
+from treescale.store.digests import ALGORITHM
 from treescale.store.placement import Holder
 from treescale.store.records import (
     HybridClock,
@@ -28,6 +35,7 @@ from treescale.store.records import (
     RecordFiles,
     answer_record_get,
     answer_record_list,
+    answer_record_purge,
     answer_record_put,
 )
 from treescale.store.scrub import Scrubber
@@ -70,6 +78,9 @@ class Relay:
             Kind.RECORD_GET: self.record_get,
             Kind.RECORD_PUT: self.record_put,
             Kind.RECORD_LIST: self.record_list,
+            Kind.RECORD_PURGE: self.record_purge,
+            Kind.CHUNK_AGES: self.chunk_ages,
+            Kind.CHUNK_SWEEP: self.chunk_sweep,
         }
         bus.handlers.update(handlers)
 
@@ -104,6 +115,9 @@ class Relay:
 
     async def record_list(self, message: Message) -> Message:
         return await self._record_work(answer_record_list, message)
+
+    async def record_purge(self, message: Message) -> Message:
+        return await self._record_work(answer_record_purge, message)
 
     async def _record_work(
         self, answer: Callable[[RecordFiles, Message], Message], message: Message
@@ -177,6 +191,85 @@ class Relay:
         return Message(
             Kind.REPLY, message.origin, {"has": size is not None, "size": size}
         )
+
+    async def chunk_ages(self, message: Message) -> Message:
+        """A page of this relay's chunks in digest order, with size and age.
+
+        Ages are seconds by this relay's clock, so the collector never compares
+        its clock with ours.
+        """
+        after = message.meta.get("after")
+        limit = message.meta.get("limit")
+        if not isinstance(after, str) or (after and not after.startswith(ALGORITHM)):
+            raise HandlerError("bad_request", "chunk listing without a start digest")
+        if isinstance(limit, bool) or not isinstance(limit, int):
+            raise HandlerError("bad_request", "chunk listing without a page size")
+        if not 1 <= limit <= MAX_AGES_PAGE:
+            raise HandlerError("bad_request", f"page size must be 1..{MAX_AGES_PAGE}")
+        try:
+            page = await deferToThreadPool(
+                self.reactor, self.pool, self.chunks.aged_after, after, limit
+            )
+        except ChunkError as e:
+            raise HandlerError("bad_request", str(e)) from e
+        now = time.time()
+        entries = [[c.digest, c.size, max(now - c.written, 0.0)] for c in page]
+        return Message(
+            Kind.REPLY, message.origin, {}, json.dumps(entries).encode("ascii")
+        )
+
+    async def chunk_sweep(self, message: Message) -> Message:
+        """Delete the listed chunks that are older than ``older_than`` seconds.
+
+        The age is checked again here, at the moment of deletion, so a chunk
+        pushed again since the collector looked is kept.
+        """
+        older_than = message.meta.get("older_than")
+        if isinstance(older_than, bool) or not isinstance(older_than, int | float):
+            raise HandlerError("bad_request", "sweep without an age")
+        if older_than < MIN_SWEEP_AGE:
+            raise HandlerError("bad_request", f"sweep age under {MIN_SWEEP_AGE:.0f} s")
+        try:
+            digests = json.loads(message.data)
+        except ValueError as e:
+            raise HandlerError("bad_request", "sweep without a digest list") from e
+        if not isinstance(digests, list) or len(digests) > MAX_AGES_PAGE:
+            raise HandlerError("bad_request", "sweep without a digest list")
+        try:
+            deleted, freed = await deferToThreadPool(
+                self.reactor, self.pool, self._sweep, digests, float(older_than)
+            )
+        except ChunkError as e:
+            raise HandlerError("bad_request", str(e)) from e
+        if deleted:
+            self.log.info(
+                "garbage collection deleted {count} chunks, {nbytes} bytes",
+                count=deleted,
+                nbytes=freed,
+            )
+        return Message(
+            Kind.REPLY, message.origin, {"deleted": deleted, "nbytes": freed}
+        )
+
+    def _sweep(self, digests: list[object], older_than: float) -> tuple[int, int]:
+        """Delete each chunk that is old enough (blocking); count and bytes."""
+        cutoff = time.time() - older_than
+        deleted = freed = 0
+        for digest in digests:
+            if not isinstance(digest, str):
+                raise ChunkError("sweep of something that is not a digest")
+            size = self.chunks.delete_if_older(digest, cutoff)
+            if size is not None:
+                deleted += 1
+                freed += size
+        return deleted, freed
+
+
+MAX_AGES_PAGE = 1000
+"""Chunks one relay lists, or sweeps, for one request."""
+MIN_SWEEP_AGE = 60.0
+"""Seconds a chunk file is kept at the least, whatever a sweep request asks: a
+floor under the collector's grace period."""
 
 
 def _digest_of(message: Message) -> str:
