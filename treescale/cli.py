@@ -15,9 +15,10 @@ login mode.
 ``status`` asks one registry node, at ``--url`` (default ``http://127.0.0.1:5000``;
 no other host is ever tried), for ``/_treescale/status`` and ``/readyz``, and prints
 the tree indented under its root: each node's roles, state, whether the node asked
-has a direct link to it, and the chunks and bytes its relay reported (``-`` until
-relays report them), then how many relays are up against the copies each chunk
-has.
+has a direct link to it, and its chunks and bytes (as its relay's last scrub pass
+counted them, ``-`` while unknown). Then come the relays up against the copies
+each chunk has, what the relays' scrubs found missing and re-created, readiness,
+and a table of each relay's scrub.
 
 ``certs`` reads the topology file for the cluster's name and its nodes' names and
 writes, in DIR: ``ca.pem`` and ``ca.key`` (the CA), then ``NODE.pem`` and ``NODE.key``
@@ -33,8 +34,10 @@ of the host could read it. It writes the bcrypt line ``htpasswd -B`` would
 atomically: a registry node re-reading it never sees half a file. A new file gets
 mode 0600; an existing one keeps its mode and, where allowed, its owner.
 
-``gc`` and ``rebalance`` are named so that an operator looking for them learns
-they do not exist yet: each says so and exits 2, doing nothing.
+``gc`` asks a registry node on this host to run a garbage collection (its
+``/_treescale/gc`` answers local clients only) and prints the report.
+``rebalance`` is named so that an operator looking for it learns it does not exist
+yet: it says so and exits 2, doing nothing.
 
 Exit status: 0 done (``status``: the node is ready), 1 refused or not ready
 (files exist, the CA in DIR is unusable, a node not ready or not reachable), 2 a
@@ -51,7 +54,7 @@ import os
 import ssl
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -96,9 +99,11 @@ MIN_COST = 4
 MAX_COST = 17
 
 NOT_YET = {
-    "gc": "garbage collection of chunks no manifest refers to",
     "rebalance": "moving chunks to the relays placement now chooses",
 }
+
+GC_PATH = "/_treescale/gc"
+DEFAULT_GC_TIMEOUT = 3600.0
 
 
 class Refused(Exception):
@@ -140,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_certs(commands)
     _add_htpasswd(commands)
     _add_config_reference(commands)
+    _add_gc(commands)
     _add_not_yet(commands)
     return parser
 
@@ -266,6 +272,32 @@ def _add_config_reference(commands: Any) -> None:
         "docs/configuration.md is this output.",
     )
     reference_command.set_defaults(run=run_config_reference)
+
+
+def _add_gc(commands: Any) -> None:
+    gc = commands.add_parser(
+        "gc",
+        help="collect blobs and chunks nothing refers to any more",
+        description="Ask a registry node on this host to run a garbage "
+        "collection (it answers only local clients) and print its report. With "
+        "--dry-run nothing is deleted: the report says what would go.",
+    )
+    gc.add_argument(
+        "--url",
+        type=_base_url,
+        default=_base_url(DEFAULT_URL),
+        help=f"the registry node's HTTP address on this host (default {DEFAULT_URL})",
+    )
+    gc.add_argument("--dry-run", action="store_true", help="report, delete nothing")
+    gc.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=DEFAULT_GC_TIMEOUT,
+        metavar="SECONDS",
+        help=f"how long to wait for the run (default {DEFAULT_GC_TIMEOUT:g})",
+    )
+    gc.add_argument("--json", action="store_true", help="print the whole report")
+    gc.set_defaults(run=run_gc_command)
 
 
 def _add_not_yet(commands: Any) -> None:
@@ -569,7 +601,14 @@ class Answer:
 def http_get(
     url: BaseUrl, path: str, timeout: float, cafile: Path | None = None
 ) -> Answer:
-    """GET `path` of `url`, at that address only: no proxy from the environment,
+    """GET `path` of `url` (see `http_request`)."""
+    return http_request("GET", url, path, timeout, cafile)
+
+
+def http_request(
+    method: str, url: BaseUrl, path: str, timeout: float, cafile: Path | None = None
+) -> Answer:
+    """Ask `path` of `url`, at that address only: no proxy from the environment,
     no redirect followed. `Refused` names the address when it cannot be asked."""
     connection: http.client.HTTPConnection
     if url.scheme == "https":
@@ -580,7 +619,7 @@ def http_get(
     else:
         connection = http.client.HTTPConnection(url.host, url.port, timeout=timeout)
     try:
-        connection.request("GET", path, headers={"Accept": "application/json"})
+        connection.request(method, path, headers={"Accept": "application/json"})
         response = connection.getresponse()
         body = response.read(MAX_ANSWER + 1)
     except (OSError, http.client.HTTPException) as e:
@@ -611,6 +650,18 @@ class NodeView:
 
 
 @dataclass(frozen=True)
+class ScrubView:
+    """What one relay's scrub last published: its state and its last whole pass."""
+
+    state: str
+    passes: int
+    last_pass: Mapping[str, int] | None
+    age: float | None
+    total: Mapping[str, int] | None = None
+    """Every pass since the relay started, added up."""
+
+
+@dataclass(frozen=True)
 class StatusView:
     """The parts of ``/_treescale/status`` that ``status`` prints."""
 
@@ -621,6 +672,9 @@ class StatusView:
     relays_up: int
     links: frozenset[str]
     tree: tuple[NodeView, ...]
+    repair: Mapping[str, ScrubView | None] | None = None
+    """Each store relay's last published scrub status (None: not published);
+    None as a whole when the node gave no repair progress."""
 
 
 @dataclass(frozen=True)
@@ -662,9 +716,41 @@ def parse_status(body: bytes, where: str) -> StatusView:
             relays_up=_count(document["relays_up"]),
             links=frozenset(_text(link) for link in _items(document.get("links", []))),
             tree=tuple(_node_view(entry) for entry in _items(document["tree"])),
+            repair=_repair_views(document.get("repair")),
         )
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise Refused(f"{where} is not a treescale status document ({e})") from e
+
+
+def _repair_views(value: object) -> dict[str, ScrubView | None] | None:
+    """The relays' scrub statuses; an entry that cannot be read counts as none."""
+    if not isinstance(value, dict) or not isinstance(value.get("relays"), dict):
+        return None
+    return {str(name): _scrub_view(entry) for name, entry in value["relays"].items()}
+
+
+def _scrub_view(entry: object) -> ScrubView | None:
+    if not isinstance(entry, dict):
+        return None
+    last = entry.get("last_pass")
+    total = entry.get("total")
+    age = entry.get("age")
+    try:
+        return ScrubView(
+            state=_text(entry.get("state")),
+            passes=_count(entry.get("passes")),
+            last_pass=None if last is None else _counts(last),
+            age=float(age) if isinstance(age, int | float) else None,
+            total=None if total is None else _counts(total),
+        )
+    except TypeError:
+        return None
+
+
+def _counts(value: object) -> dict[str, int]:
+    if not isinstance(value, dict):
+        raise TypeError(f"{value!r} is not a table of counts")
+    return {str(name): _count(count) for name, count in value.items()}
 
 
 def _node_view(entry: Any) -> NodeView:
@@ -724,19 +810,57 @@ def render_status(status: StatusView, ready: ReadyView, url: str) -> list[str]:
     lines = [
         f"cluster {status.cluster}, as node {status.node} at {url} sees it",
         "",
-        *_table(_status_rows(status)),
+        *_table(_COLUMNS, _status_rows(status)),
         "",
         f"relays    {status.relays_up} of {status.relays} up",
         f"replicas  {replica_health(status.relays, status.relays_up, status.replicas)}",
+        *_repair_summary(status.repair),
         f"ready     {_readiness(ready)}",
     ]
-    if all(node.chunks is None for node in status.tree if "store" in node.roles):
+    if status.repair:
+        lines += ["", *_table(_SCRUB_COLUMNS, _scrub_rows(status.repair))]
+    if any(_figures_from_scrub(node, status) for node in status.tree):
+        lines.append(
+            "(chunks and bytes a relay did not report are those its last scrub "
+            "pass counted)"
+        )
+    if all(_figures(node, status) == (None, None) for node in _stores(status)):
         lines.append("(chunks and bytes show '-' until the relays report them)")
+    if any(_seen_through_another(node, status) for node in status.tree):
+        lines.append(
+            "(a node without a direct link shows the state of the link toward it: "
+            "up there does not prove the node itself answers)"
+        )
     return lines
 
 
+def _seen_through_another(node: NodeView, status: StatusView) -> bool:
+    """Whether the node asked reports `node` up only from the link toward it.
+
+    The node's bus calls a node up when its next hop toward it is linked, so a
+    relay two hops away that has stopped still shows up.
+    """
+    return (
+        node.state == "up"
+        and node.name != status.node
+        and node.name not in status.links
+    )
+
+
 _COLUMNS = ("NODE", "ROLES", "DOMAIN", "WEIGHT", "STATE", "LINK", "CHUNKS", "BYTES")
-_RIGHT_ALIGNED = frozenset({"WEIGHT", "CHUNKS", "BYTES"})
+_RIGHT_ALIGNED = frozenset(
+    {
+        "WEIGHT",
+        "CHUNKS",
+        "BYTES",
+        "PASSES",
+        "CHECKED",
+        "MISSING",
+        "MADE",
+        "FAILED",
+        "CORRUPT",
+    }
+)
 
 
 def _status_rows(status: StatusView) -> list[tuple[str, ...]]:
@@ -755,11 +879,102 @@ def _status_rows(status: StatusView) -> list[tuple[str, ...]]:
                 f"{node.weight:g}",
                 node.state,
                 link,
-                "-" if node.chunks is None else str(node.chunks),
-                "-" if node.bytes is None else _size(node.bytes),
+                *_figure_cells(_figures(node, status)),
             )
         )
     return rows
+
+
+def _stores(status: StatusView) -> list[NodeView]:
+    return [node for node in status.tree if "store" in node.roles]
+
+
+def _figures(node: NodeView, status: StatusView) -> tuple[int | None, int | None]:
+    """A node's chunks and bytes: as reported, else as its last scrub pass
+    counted them, else unknown."""
+    if node.chunks is not None or node.bytes is not None:
+        return node.chunks, node.bytes
+    last = _last_pass(node, status)
+    if last is None:
+        return None, None
+    return last.get("chunks"), last.get("nbytes")
+
+
+def _figures_from_scrub(node: NodeView, status: StatusView) -> bool:
+    reported = node.chunks is not None or node.bytes is not None
+    return not reported and _last_pass(node, status) is not None
+
+
+def _last_pass(node: NodeView, status: StatusView) -> Mapping[str, int] | None:
+    scrub = (status.repair or {}).get(node.name)
+    return None if scrub is None else scrub.last_pass
+
+
+def _figure_cells(figures: tuple[int | None, int | None]) -> tuple[str, str]:
+    chunks, nbytes = figures
+    return (
+        "-" if chunks is None else str(chunks),
+        "-" if nbytes is None else _size(nbytes),
+    )
+
+
+_SCRUB_COLUMNS = (
+    "SCRUB",
+    "STATE",
+    "PASSES",
+    "CHECKED",
+    "MISSING",
+    "MADE",
+    "FAILED",
+    "CORRUPT",
+    "UPDATED",
+)
+
+
+def _scrub_rows(repair: Mapping[str, ScrubView | None]) -> list[tuple[str, ...]]:
+    """One row per relay: its scrub's state and what its last whole pass did."""
+    rows: list[tuple[str, ...]] = []
+    for relay, scrub in repair.items():
+        if scrub is None:
+            rows.append((relay, "unknown", *["-"] * 7))
+            continue
+        last = scrub.last_pass or {}
+        counts = [
+            str(last[name]) if name in last else "-"
+            for name in ("chunks", "missing", "copied", "failed", "corrupt")
+        ]
+        updated = "-" if scrub.age is None else f"{scrub.age:.0f} s ago"
+        rows.append((relay, scrub.state, str(scrub.passes), *counts, updated))
+    return rows
+
+
+def _repair_summary(repair: Mapping[str, ScrubView | None] | None) -> list[str]:
+    """What the relays' scrubs found and did: their last passes, and every pass
+    since they started, added up."""
+    if repair is None:
+        return ["repairs   not known: the node gave no repair progress"]
+    passes = [scrub.last_pass for scrub in repair.values() if scrub and scrub.last_pass]
+    if not passes:
+        return ["repairs   no relay has finished a scrub pass yet"]
+
+    lines = [f"repairs   last passes of {len(passes)} relays: {_repair_counts(passes)}"]
+    totals = [scrub.total for scrub in repair.values() if scrub and scrub.total]
+    if totals:
+        lines.append(f"          since they started: {_repair_counts(totals)}")
+    silent = sum(1 for scrub in repair.values() if scrub is None)
+    if silent:
+        lines.append(f"          {silent} relays published no scrub status")
+    return lines
+
+
+def _repair_counts(tables: Sequence[Mapping[str, int]]) -> str:
+    def total(name: str) -> int:
+        return sum(counts.get(name, 0) for counts in tables)
+
+    return (
+        f"{total('missing')} copies missing, {total('copied')} made, "
+        f"{total('failed')} failed, {total('corrupt')} corrupt"
+    )
 
 
 def _walk(tree: Sequence[NodeView]) -> list[tuple[NodeView, int]]:
@@ -788,17 +1003,17 @@ def _walk(tree: Sequence[NodeView]) -> list[tuple[NodeView, int]]:
     return walked
 
 
-def _table(rows: Sequence[tuple[str, ...]]) -> list[str]:
-    """Rows under the column heads, each column as wide as its widest cell."""
+def _table(heads: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> list[str]:
+    """Rows under the column heads, each column as wide as its widest cell;
+    counts right-aligned."""
     widths = [
-        max(len(cell) for cell in column)
-        for column in zip(_COLUMNS, *rows, strict=True)
+        max(len(cell) for cell in column) for column in zip(heads, *rows, strict=True)
     ]
     lines = []
-    for row in [_COLUMNS, *rows]:
+    for row in [heads, *rows]:
         cells = [
             cell.rjust(width) if head in _RIGHT_ALIGNED else cell.ljust(width)
-            for cell, width, head in zip(row, widths, _COLUMNS, strict=True)
+            for cell, width, head in zip(row, widths, heads, strict=True)
         ]
         lines.append("  ".join(cells).rstrip())
     return lines
@@ -1006,6 +1221,35 @@ def run_config_reference(args: argparse.Namespace, out: TextIO) -> int:
     """``treescale config-reference``: print the reference built from the code."""
     out.write(reference())
     return 0
+
+
+def run_gc_command(args: argparse.Namespace, out: TextIO) -> int:
+    """``treescale gc``: one collection run on the node, and its report."""
+    path = GC_PATH + ("?dry_run=1" if args.dry_run else "")
+    answer = http_request("POST", args.url, path, args.timeout)
+    try:
+        report = json.loads(answer.body)
+    except ValueError:
+        raise Refused(
+            f"{args.url}{GC_PATH} answered {answer.status}, not JSON"
+        ) from None
+    if answer.status != 200:
+        why = report.get("error") if isinstance(report, dict) else None
+        raise Refused(f"{args.url}{GC_PATH} answered {answer.status}: {why}")
+
+    if args.json:
+        out.write(json.dumps(report, indent=2) + "\n")
+        return 0
+    verb = "would free" if report["dry_run"] else "freed"
+    out.write(
+        f"{len(report['blobs'])} blobs ({report['blob_bytes']} bytes), "
+        f"{report['chunks']} chunk files: {verb} {report['chunk_bytes']} bytes; "
+        f"{len(report['sessions'])} upload sessions expired; "
+        f"{report['tombstones']} tombstones purged\n"
+    )
+    for error in report["errors"]:
+        out.write(f"error: {error}\n")
+    return 1 if report["errors"] else 0
 
 
 def run_not_yet(args: argparse.Namespace, out: TextIO) -> int:

@@ -24,6 +24,7 @@ from twisted.internet.testing import MemoryReactor
 from treescale.auth.settings import AuthSettings, parse_auth
 from treescale.bus.tls_settings import TlsSettings, check_tls_names, parse_tls_settings
 from treescale.config_error import ConfigError
+from treescale.gc.settings import GcSettings, parse_gc_settings
 from treescale.ops.settings import (
     LogSettings,
     NotificationSettings,
@@ -37,7 +38,17 @@ __all__ = ["Address", "ConfigError", "NodeConfig", "Topology", "load", "parse"]
 
 ROLES = frozenset({"registry", "store"})
 TOP_FIELDS = frozenset(
-    {"cluster", "node", "registry", "auth", "tls", "notifications", "log", "scrub"}
+    {
+        "cluster",
+        "node",
+        "registry",
+        "auth",
+        "tls",
+        "notifications",
+        "log",
+        "scrub",
+        "gc",
+    }
 )
 
 DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
@@ -270,6 +281,7 @@ class Topology:
     )
     log: LogSettings = dataclasses.field(default_factory=LogSettings)
     scrub: ScrubSettings = dataclasses.field(default_factory=ScrubSettings)
+    gc: GcSettings = dataclasses.field(default_factory=GcSettings)
     tls: TlsSettings | None = None
     """The ``[tls]`` table; None leaves the bus plain TCP (loopback only)."""
     insecure_plain_bus: bool = False
@@ -366,6 +378,7 @@ def parse(
         scrub=parse_scrub_settings(
             _table(raw.get("scrub", {}), source, None, "scrub"), source
         ),
+        gc=parse_gc_settings(_table(raw.get("gc", {}), source, None, "gc"), source),
     )
     topology = _with_bus_security(topology, raw, cluster)
     _check_stores(topology)

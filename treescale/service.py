@@ -39,6 +39,7 @@ from treescale.auth.settings import NONE, TOKEN, check_auth_files
 from treescale.bus.node import BusNode
 from treescale.bus.tls import BusTls, TlsUnusable, load_bus_tls, plain_bus_refusal
 from treescale.config import ConfigError, NodeConfig, Topology
+from treescale.gc.endpoint import GcResource
 from treescale.ops.health import relays_needed
 from treescale.ops.pages import node_ops
 from treescale.registry.app import Registry
@@ -49,6 +50,9 @@ from treescale.web.page import StatusPage
 from treescale.web.status import tree_status
 
 log = Logger()
+
+GC_PATH = b"/_treescale/gc"
+"""Where a local client asks the registry node for a garbage collection."""
 
 STATUS_REPAIR_TIMEOUT = 3.0
 """Seconds the status document waits for the relays' repair records."""
@@ -152,8 +156,14 @@ def make_site(bus: BusNode, topology: Topology, node: NodeConfig, reactor: Any) 
     tokens = None
     if authenticator is not None and topology.auth.mode == TOKEN:
         tokens = TokenResource(authenticator)
+    pages = {
+        **ops.pages,
+        GC_PATH: GcResource(
+            storage, reactor, topology.gc, topology.registry.upload_idle_timeout
+        ),
+    }
     site.resource = _WithStatus(
-        site.resource, bus, storage, topology, reactor, tokens, ops.pages
+        site.resource, bus, storage, topology, reactor, tokens, pages
     )
     return site
 

@@ -40,6 +40,7 @@ from treescale.config import (
     TOP_FIELDS,
     Setting,
 )
+from treescale.gc.settings import GcSettings
 from treescale.ops.settings import (
     LogSettings,
     NotificationEndpoint,
@@ -190,6 +191,14 @@ def sections() -> list[Section]:
             "object of these fields, overrides the table for the relays of one "
             "process.",
             dataclass_rows(ScrubSettings),
+        ),
+        Section(
+            "[gc]",
+            "gc",
+            "Garbage collection, run by `treescale gc` on a registry node: blobs "
+            "and chunks no live link or manifest refers to, upload sessions idle "
+            "past `upload_idle_timeout`, and (when asked) old tombstones.",
+            dataclass_rows(GcSettings),
         ),
     ]
     check_top_tables(found, TOP_FIELDS)

@@ -21,6 +21,7 @@ from treescale.cli import (
     replica_health,
 )
 from treescale.config import Topology, load
+from treescale.store.repair import ScrubCounts
 from treescale.web.status import tree_status
 
 LOCAL_TOML = Path(__file__).resolve().parents[2] / "conf" / "local.toml"
@@ -281,6 +282,21 @@ def test_a_deeper_tree_is_indented_by_depth() -> None:
     assert [len(row) - len(row.lstrip()) for row in table] == [0, 2, 4, 2, 0]
     assert table[1].split()[5] == "direct"
     assert table[2].split()[5] == "-"
+    assert "does not prove the node itself answers" in lines[-1]
+
+
+def test_no_caveat_when_every_node_up_is_linked_directly() -> None:
+    """The caveat about nodes seen through another appears only when one is."""
+    tree = (
+        node_view("root", None),
+        node_view("a", "root"),
+        node_view("b", "a", "down"),
+    )
+    status = StatusView("root", "c", 2, 2, 1, frozenset({"a"}), tree)
+
+    lines = render_status(status, ReadyView(False, 1, 2), "http://127.0.0.1:1")
+
+    assert not any("does not prove" in line for line in lines)
 
 
 def test_replica_health_compares_relays_down_with_copies() -> None:
@@ -289,3 +305,88 @@ def test_replica_health_compares_relays_down_with_copies() -> None:
     assert replica_health(3, 2, 2).startswith("degraded: 1 relay(s) down")
     assert replica_health(3, 1, 2).startswith("at risk")
     assert replica_health(1, 1, 2) == "healthy: every relay up, 1 copies of each chunk"
+
+
+def scrub_status(
+    passes: int, last: ScrubCounts | None, age: float
+) -> dict[str, object]:
+    """A relay's published scrub status, shaped as the relays publish it."""
+    return {
+        "state": "waiting",
+        "passes": passes,
+        "last_pass": None if last is None else last.to_json(),
+        "total": (last or ScrubCounts()).to_json(),
+        "age": age,
+    }
+
+
+def test_repair_progress_fills_in_figures_and_health(
+    node: tuple[str, Answers], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each relay's last scrub pass gives its chunks and bytes when it reported
+    none, a row of the scrub table, and the summed repair line."""
+    url, answers = node
+    everyone = {"registry", "relay-a", "relay-b", "relay-c"}
+    serve_tree(answers, load(LOCAL_TOML), everyone, everyone)
+    status, body = answers.pages["/_treescale/status"]
+    document = json.loads(body)
+    document["repair"] = {
+        "relays": {
+            "relay-a": scrub_status(
+                3, ScrubCounts(chunks=7, nbytes=2048, missing=2, copied=2), 4.2
+            ),
+            "relay-b": scrub_status(1, ScrubCounts(chunks=5, failed=1), 1.0),
+            "relay-c": None,
+        },
+        "total": ScrubCounts().to_json(),
+    }
+    answers.pages["/_treescale/status"] = (status, json.dumps(document).encode())
+
+    assert main(["status", "--url", url]) == 0
+
+    lines = capsys.readouterr().out.splitlines()
+    tree = {line.split()[0]: line.split() for line in lines if "  store  " in line}
+    assert tree["relay-a"][-3:] == ["7", "2.0", "KiB"]
+    assert tree["relay-b"][-3:] == ["5", "0", "B"]
+    assert tree["relay-c"][-2:] == ["-", "-"]
+    repairs = lines.index(
+        "repairs   last passes of 2 relays: 2 copies missing, 2 made, 1 failed, "
+        "0 corrupt"
+    )
+    assert lines[repairs + 1 : repairs + 3] == [
+        "          since they started: 2 copies missing, 2 made, 1 failed, 0 corrupt",
+        "          1 relays published no scrub status",
+    ]
+    scrub = {line.split()[0]: line.split() for line in lines if "waiting" in line}
+    assert " ".join(scrub["relay-a"]) == "relay-a waiting 3 7 2 2 0 0 4 s ago"
+    assert any(line.startswith("relay-c") and "unknown" in line for line in lines)
+    assert any("last scrub pass counted" in line for line in lines)
+
+
+def test_repair_progress_that_the_node_could_not_read_is_said(
+    node: tuple[str, Answers], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A null repair part (the relays' records did not answer in time) and a
+    malformed relay entry are shown as unknown, not as a failure."""
+    url, answers = node
+    everyone = {"registry", "relay-a", "relay-b", "relay-c"}
+    serve_tree(answers, load(LOCAL_TOML), everyone, everyone)
+    status, body = answers.pages["/_treescale/status"]
+    document = json.loads(body)
+
+    document["repair"] = None
+    answers.pages["/_treescale/status"] = (status, json.dumps(document).encode())
+    assert main(["status", "--url", url]) == 0
+    unknown = capsys.readouterr().out
+
+    document["repair"] = {"relays": {"relay-a": {"state": 3, "passes": "x"}}}
+    answers.pages["/_treescale/status"] = (status, json.dumps(document).encode())
+    assert main(["status", "--url", url]) == 0
+    malformed = capsys.readouterr().out
+
+    assert "repairs   not known: the node gave no repair progress" in unknown
+    assert "repairs   no relay has finished a scrub pass yet" in malformed
+    assert any(
+        line.startswith("relay-a") and "unknown" in line
+        for line in malformed.splitlines()
+    )

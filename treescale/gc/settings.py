@@ -1,8 +1,12 @@
 """How garbage collection runs: the fields of a ``[gc]`` table."""
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from treescale.settings_fields import bounded, documented
+from treescale.config_error import ConfigError
+from treescale.settings_fields import bounded, documented, parse_fields
 
 DAY = 86400.0
 
@@ -34,3 +38,12 @@ class GcSettings:
         5.0, 0.1, 1000.0, "pages of a relay's chunks listed or swept per second"
     )
     page_size: int = bounded(500, 1, 1000, "keys or chunks asked for at once")
+
+
+def parse_gc_settings(table: Mapping[str, Any], source: Path) -> GcSettings:
+    """The settings of a topology file's ``[gc]`` table."""
+
+    def fail(where: str, why: str) -> ConfigError:
+        return ConfigError(source, None, where, why)
+
+    return GcSettings(**parse_fields(GcSettings, table, "gc", fail))
