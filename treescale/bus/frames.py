@@ -334,6 +334,12 @@ class FrameDecoder:
         offset = 0
 
         while offset < len(data):
+            whole = self._whole_frame_at(data, offset)
+            if whole is not None:
+                frame, offset = whole
+                frames.append(frame)
+                continue
+
             wanted = self._wanted() - len(self._pending)
             taken = data[offset : offset + wanted]
             self._pending += taken
@@ -349,6 +355,28 @@ class FrameDecoder:
                 frames.append(self._finish())
 
         return frames
+
+    def _whole_frame_at(
+        self, data: memoryview, offset: int
+    ) -> tuple[Frame, int] | None:
+        """A frame lying whole in `data` at `offset`, decoded without buffering it,
+        and where the next one starts; None when a frame is already pending or
+        this one is not all there.
+
+        Most frames arrive whole in one read; decoding them in place saves copying
+        each piece of chunk data into the pending buffer first.
+        """
+        if self._pending or len(data) - offset < HEADER_SIZE:
+            return None
+
+        header = _parse_header(bytes(data[offset : offset + HEADER_SIZE]), self._limits)
+        end = offset + header.frame_size
+        if end > len(data):
+            self._header = header
+            return None
+
+        frame = _parse_body(header, data[offset + HEADER_SIZE : end])
+        return frame, end
 
     def _wanted(self) -> int:
         """Bytes the pending frame must reach before the next decoding step."""
