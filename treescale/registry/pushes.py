@@ -107,7 +107,7 @@ class Pushes:
         repo = self._repo(route)
         if route.endpoint is Endpoint.UPLOAD_START:
             digest = self._digest_param(request)
-            session = self.sessions.open(repo, algorithm_of(digest))
+            session = self._open_session(request, repo, algorithm_of(digest))
         else:
             session = self.sessions.get(route.reference, repo)
             self._check_chunk_range(request, session)
@@ -183,12 +183,25 @@ class Pushes:
             return await self._upload_monolithic(request, route)
 
         algorithm = check_algorithm(query(request, "digest-algorithm") or ALGORITHM)
-        session = self.sessions.open(repo, algorithm)
+        session = self._open_session(request, repo, algorithm)
         self._session_headers(request, session)
         set_headers(
             request, [("OCI-Chunk-Min-Length", str(self.settings.chunk_min_length))]
         )
         return empty_response(request, 202)
+
+    def _open_session(
+        self, request: Request, repo: str, algorithm: str
+    ) -> UploadSession:
+        """Open a session counted against the client's share of the table."""
+        address = request.getClientAddress()
+        client = getattr(address, "host", None)
+        return self.sessions.open(
+            repo,
+            algorithm,
+            client=client if isinstance(client, str) else None,
+            client_cap=self.settings.max_upload_sessions_per_client,
+        )
 
     async def _mount(self, request: Request, repo: str, mount: str) -> bool:
         """Link a blob of another repository into this one, if it is there to link.

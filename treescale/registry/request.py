@@ -29,6 +29,7 @@ Design notes:
   package, which is not installed.
 """
 
+from collections.abc import Callable
 from io import BytesIO
 from typing import Protocol
 
@@ -40,7 +41,8 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 
-from treescale.registry.channel import RegistryChannel
+from treescale.registry.channel import PaceLimits, RegistryChannel
+from treescale.registry.settings import RegistrySettings
 
 DEFAULT_BODY_LIMIT = 4 * 1024 * 1024
 """The largest non-upload body kept when the site names no router."""
@@ -83,10 +85,20 @@ class ReadGate:
     cannot leave the connection paused or resume it behind the channel's back.
     """
 
-    def __init__(self, transport: IPushProducer | None) -> None:
+    def __init__(
+        self,
+        transport: IPushProducer | None,
+        on_change: Callable[[bool], None] | None = None,
+    ) -> None:
         self._transport = transport
+        self._on_change = on_change
         self.paused = False
         self.attached = True
+
+    def _changed(self) -> None:
+        """Tell the channel, so time spent paused is not held against the client."""
+        if self._on_change is not None:
+            self._on_change(self.paused)
 
     def pauseProducing(self) -> None:
         """Stop reading the connection."""
@@ -94,6 +106,7 @@ class ReadGate:
             self.paused = True
             if self._transport is not None:
                 self._transport.pauseProducing()
+            self._changed()
 
     def resumeProducing(self) -> None:
         """Read the connection again."""
@@ -101,6 +114,7 @@ class ReadGate:
             self.paused = False
             if self._transport is not None:
                 self._transport.resumeProducing()
+            self._changed()
 
     def stopProducing(self) -> None:
         """The sink gives up on the body: close the connection."""
@@ -235,7 +249,7 @@ class StreamingRequest(Request):
         """Send the body to `sink`, which may pause reading the connection."""
         self.body_sink = sink
         transport = IPushProducer(self.channel.transport, None)
-        self._gate = ReadGate(transport)
+        self._gate = ReadGate(transport, getattr(self.channel, "reading_paused", None))
         try:
             sink.register_producer(IPushProducer(self._gate))
         except Exception as error:
@@ -267,11 +281,32 @@ class StreamingRequest(Request):
 
 
 class StreamingSite(Site):
-    """A site whose requests stream upload bodies to the sinks `body_router` names."""
+    """A site whose requests stream upload bodies to the sinks `body_router` names.
+
+    Its connections are dropped when idle for `client_idle_timeout` and when too
+    slow (see `channel.Pace`). Without `settings`, those of the router are used
+    when it has any (the registry does), else the defaults.
+    """
 
     requestFactory = StreamingRequest
     protocol = RegistryChannel  # type: ignore[assignment]
 
-    def __init__(self, resource: IResource, body_router: BodyRouter) -> None:
-        super().__init__(resource, parsePOSTFormSubmission=False)  # type: ignore[no-untyped-call]
+    def __init__(
+        self,
+        resource: IResource,
+        body_router: BodyRouter,
+        settings: RegistrySettings | None = None,
+    ) -> None:
+        if settings is None:
+            found = getattr(body_router, "settings", None)
+            settings = found if isinstance(found, RegistrySettings) else None
+        settings = settings or RegistrySettings()
+        super().__init__(  # type: ignore[no-untyped-call]
+            resource,
+            parsePOSTFormSubmission=False,
+            timeout=settings.client_idle_timeout,
+        )
         self.body_router = body_router
+        self.pace_limits = PaceLimits(
+            settings.header_timeout, settings.min_body_rate, settings.body_rate_window
+        )

@@ -35,6 +35,12 @@ class RegistrySettings:
     max_upload_sessions: int = bounded(
         1024, 1, 1_000_000, "upload sessions open at once on this node"
     )
+    max_upload_sessions_per_client: int = bounded(
+        64,
+        1,
+        1_000_000,
+        "upload sessions one client (by peer address) may hold open at once",
+    )
     upload_idle_timeout: float = bounded(
         3600.0, 1.0, 7 * 86400.0, "seconds an upload session may go unused"
     )
@@ -63,6 +69,26 @@ class RegistrySettings:
         1024 * MiB,
         "OCI-Chunk-Min-Length advertised to clients that upload in chunks "
         "(a hint: smaller chunks are still taken)",
+    )
+    client_idle_timeout: float = bounded(
+        60.0,
+        1.0,
+        86400.0,
+        "seconds a connection may send nothing while the registry waits for it "
+        "(between requests, or mid-body)",
+    )
+    header_timeout: float = bounded(
+        30.0, 1.0, 3600.0, "seconds a client has to send a request's line and headers"
+    )
+    min_body_rate: int = bounded(
+        1024,
+        0,
+        1024 * MiB,
+        "bytes per second a request body must average over body_rate_window; "
+        "a slower client is dropped (0: no minimum)",
+    )
+    body_rate_window: float = bounded(
+        30.0, 1.0, 3600.0, "seconds over which a body's rate is measured"
     )
     delete_enabled: bool = documented(
         True, "DELETE of tags, manifests and blobs (405 when off)"

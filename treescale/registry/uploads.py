@@ -2,7 +2,9 @@
 
 A session lives from ``POST .../blobs/uploads/`` until the closing ``PUT``, a
 ``DELETE``, or expiry after it has been idle too long. The table caps how many exist
-at once, so a client cannot hold an unbounded number of half-written uploads.
+at once, so clients cannot hold an unbounded number of half-written uploads, and
+may cap how many one client (by its peer address) holds, so that one client cannot
+take the whole table from the others.
 
 A session is *busy* while a request is writing its body into it: it is never expired
 then, and a second request may not write into it at the same time (its bytes would
@@ -68,6 +70,7 @@ class UploadSession:
         self.repo = repo
         self.upload = upload
         self.busy = False
+        self.client: str | None = None
         self.expiry: IDelayedCall | None = None
         self._clock = clock
         self.started = clock.seconds() if started is None else started
@@ -120,6 +123,7 @@ class UploadSessions:
         self._sessions: dict[str, UploadSession] = {}
         self._resumable = storage if isinstance(storage, ResumableStorage) else None
         self._restoring = 0
+        self._per_client: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -127,9 +131,20 @@ class UploadSessions:
     def __contains__(self, session: UploadSession) -> bool:
         return self._sessions.get(session.uuid) is session
 
-    def open(self, repo: str, algorithm: str = ALGORITHM) -> UploadSession:
-        """Start a session for an upload into `repo`, hashed by `algorithm`."""
+    def open(
+        self,
+        repo: str,
+        algorithm: str = ALGORITHM,
+        client: str | None = None,
+        client_cap: int | None = None,
+    ) -> UploadSession:
+        """Start a session for an upload into `repo`, hashed by `algorithm`.
+
+        A session opened for `client` counts against that client until it ends;
+        past `client_cap` of them the client is refused, whatever room is left.
+        """
         self._check_room()
+        self._check_client_room(client, client_cap)
         uuid = new_upload_id(algorithm)
         upload = self._storage.blob_upload(algorithm)
         if self._resumable is None:
@@ -140,8 +155,13 @@ class UploadSessions:
             self._write_record(session, None)
 
         self._sessions[session.uuid] = session
+        self._count_client(session, client)
         self._schedule_expiry(session, self._idle_timeout)
         return session
+
+    def held_by(self, client: str) -> int:
+        """How many sessions `client` holds open."""
+        return self._per_client.get(client, 0)
 
     def get(self, uuid: str, repo: str) -> UploadSession:
         """The session `uuid` of `repo`; a session of another repository is unknown.
@@ -176,6 +196,39 @@ class UploadSessions:
                 {"max_upload_sessions": self._max_sessions},
                 message="too many uploads in progress; retry later",
             )
+
+    def _check_client_room(self, client: str | None, cap: int | None) -> None:
+        """Refuse a new session to a client that holds its share already."""
+        if client is None or cap is None or self.held_by(client) < cap:
+            return
+        self.log.info(
+            "refused an upload session to {client}, which holds {held}",
+            client=client,
+            held=self.held_by(client),
+        )
+        raise ApiError(
+            TOO_MANY_REQUESTS,
+            {"max_upload_sessions_per_client": cap},
+            message="this client has too many uploads in progress; retry later",
+        )
+
+    def _count_client(self, session: UploadSession, client: str | None) -> None:
+        """Count `session` against `client` until it ends."""
+        if client is None:
+            return
+        session.client = client
+        self._per_client[client] = self.held_by(client) + 1
+
+    def _uncount_client(self, session: UploadSession) -> None:
+        """An ended session no longer counts against its client."""
+        client, session.client = session.client, None
+        if client is None:
+            return
+        left = self.held_by(client) - 1
+        if left > 0:
+            self._per_client[client] = left
+        else:
+            self._per_client.pop(client, None)
 
     # Sessions kept in records.
 
@@ -326,6 +379,7 @@ class UploadSessions:
         """Forget a session whose upload was finished or given up by the caller."""
         if self._sessions.get(session.uuid) is session:
             del self._sessions[session.uuid]
+            self._uncount_client(session)
 
         if session.expiry is not None and session.expiry.active():
             session.expiry.cancel()
