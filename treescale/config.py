@@ -503,6 +503,11 @@ def _check_endpoint(description: str, source: Path, node: str) -> str:
         raise ConfigError(
             source, node, "http", f"{description!r} is not a Twisted endpoint: {e}"
         ) from e
+    except OSError:
+        # An ssl: endpoint reads its certificate as it is parsed. Every host reads
+        # every node's entry, but only the node's own host holds its files: that
+        # host checks them as the node starts (treescale.service).
+        return description
     port = getattr(endpoint, "_port", None)
     if isinstance(port, int) and not 0 <= port < 65536:
         raise ConfigError(source, node, "http", f"port {port} is out of range")

@@ -99,7 +99,13 @@ def make_node_service(topology: Topology, node: NodeConfig, reactor: Any) -> ISe
         )
     if node.is_registry:
         assert node.http is not None
-        web = strports.service(node.http, make_site(bus, topology, node, reactor))
+        try:
+            web = strports.service(node.http, make_site(bus, topology, node, reactor))
+        except OSError as e:
+            fail_start(
+                f"{topology.source}: node {node.name!r}: field 'http': cannot use "
+                f"{node.http!r}: {e.strerror or e}"
+            )
         web.setServiceParent(bus)
     return bus
 

@@ -13,6 +13,7 @@ from tests.integration.cluster import (
     child_environment,
     write_topology,
 )
+from treescale.config import load
 
 pytestmark = pytest.mark.integration
 
@@ -80,4 +81,24 @@ def test_busy_port_stops_start_up_with_one_line(tmp_path: Path) -> None:
     output = result.stdout + result.stderr
     assert result.returncode == 2
     assert f"cannot listen on 127.0.0.1:{taken}" in output
+    assert "Traceback" not in output
+
+
+def test_https_endpoint_without_its_certificate(tmp_path: Path) -> None:
+    """An ``ssl:`` endpoint whose certificate file is missing lets the other nodes
+    start (only the registry's own host holds it) and stops the registry node with
+    one line naming the field."""
+    topology = write_topology(tmp_path)
+    missing = tmp_path / "missing.pem"
+    text = topology.path.read_text()
+    http = f"tcp:{topology.http_port}:interface=127.0.0.1"
+    ssl = f"ssl:{topology.http_port}:interface=127.0.0.1:privateKey={missing}"
+    topology.path.write_text(text.replace(http, ssl))
+
+    assert load(topology.path).node("registry").http == ssl
+    registry = run_node("--config", str(topology.path), "--node", "registry")
+
+    output = registry.stdout + registry.stderr
+    assert registry.returncode == 2
+    assert "field 'http'" in output and str(missing) in output
     assert "Traceback" not in output
