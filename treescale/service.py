@@ -151,6 +151,7 @@ def make_site(bus: BusNode, topology: Topology, node: NodeConfig, reactor: Any) 
         lambda: (storage.budget.size - storage.budget.free, storage.budget.size)
     )
     bus.link_listeners.append(ops.metrics.link_changed)
+    storage.chunks.observer = ops.metrics
     registry = Registry(
         storage,
         clock=reactor,

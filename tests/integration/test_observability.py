@@ -148,6 +148,12 @@ def test_a_real_tree_counts_a_push_and_a_pull(
     for relay in cluster.relays:
         assert total(samples, "treescale_bus_link_up", peer=relay) == 1
     assert total(samples, "treescale_relays_reachable") == 3
+    # Every chunk of the pull was fetched whole from some holder; every chunk of
+    # the push stored on two (the blobs are smaller than a chunk: one each).
+    fetched = total(samples, "treescale_chunk_fetches_total", outcome="ok")
+    stored = total(samples, "treescale_chunk_puts_total", outcome="ok")
+    assert fetched >= len(blobs) + 1
+    assert stored >= 2 * (len(blobs) + 1)
     assert total(samples, "process_resident_memory_bytes") > 0
     # The status and operations pages are not the API: they are not counted.
     assert total(samples, requests, route="none") == 0

@@ -596,3 +596,59 @@ def test_cancelling_a_get_during_its_check_leaves_nothing_running() -> None:
 
     assert isinstance(failure(d).value, CancelledError)
     assert clock.getDelayedCalls() == []
+
+
+# Counting chunk requests for the node's metrics.
+
+
+class Counts:
+    """An observer that keeps every count it is told."""
+
+    def __init__(self) -> None:
+        self.fetches: list[tuple[str, str]] = []
+        self.puts: list[tuple[str, str]] = []
+        self.hedges = 0
+
+    def chunk_fetch(self, holder: str, outcome: str) -> None:
+        self.fetches.append((holder, outcome))
+
+    def chunk_put(self, holder: str, outcome: str) -> None:
+        self.puts.append((holder, outcome))
+
+    def hedge(self) -> None:
+        self.hedges += 1
+
+
+def test_gets_are_counted_by_holder_and_outcome() -> None:
+    """Bad bytes, a lost copy, a hedge and the winning answer are each counted."""
+    bus, clock, counts = FakeBus(), Clock(), Counts()
+    chunks = client(bus, clock)
+    chunks.observer = counts
+    d = get(chunks)
+
+    bus.calls[0].reply(DATA[:-1] + b"!")
+    bus.calls[1].refuse("chunk_missing")
+    clock.advance(HEDGE)
+    bus.calls[3].reply(DATA)
+
+    assert success(d) == DATA
+    names = [call.dest for call in bus.calls]
+    assert counts.fetches[:2] == [(names[0], "bad_bytes"), (names[1], "missing")]
+    assert (names[3], "ok") in counts.fetches
+    assert (names[2], "cancelled") in counts.fetches
+    assert counts.hedges == 1
+
+
+def test_puts_are_counted_by_holder_and_outcome() -> None:
+    bus, counts = FakeBus(), Counts()
+    chunks = client(bus)
+    chunks.observer = counts
+    d = put(chunks)
+
+    bus.calls[0].reply()
+    bus.calls[1].refuse("disk_full")
+    bus.calls[2].reply()
+
+    success(d)
+    names = [call.dest for call in bus.calls]
+    assert counts.puts == [(names[0], "ok"), (names[1], "failed"), (names[2], "ok")]

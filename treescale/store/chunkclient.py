@@ -27,7 +27,7 @@ The chunks placed elsewhere meanwhile are copied home by the relays' scrub.
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -35,10 +35,44 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from treescale.bus.frames import Kind
-from treescale.bus.node import BusError, BusNode, Message, RemoteError
+from treescale.bus.node import BusError, BusNode, Message, RemoteError, RequestTimeout
 from treescale.store.digests import sha256_digest
 from treescale.store.errors import StorageUnavailable, UploadFailed
 from treescale.store.placement import Holder, search_order
+
+
+class ChunkObserver(Protocol):
+    """Who counts chunk requests and their outcomes (the node's metrics)."""
+
+    def chunk_fetch(self, holder: str, outcome: str) -> None: ...
+
+    def chunk_put(self, holder: str, outcome: str) -> None: ...
+
+    def hedge(self) -> None: ...
+
+
+class _Unobserved:
+    """Counts nothing: chunk requests of a node without metrics."""
+
+    def chunk_fetch(self, holder: str, outcome: str) -> None:
+        pass
+
+    def chunk_put(self, holder: str, outcome: str) -> None:
+        pass
+
+    def hedge(self) -> None:
+        pass
+
+
+def outcome_of(error: BaseException | None) -> str:
+    """How a failed chunk request is counted."""
+    if isinstance(error, CancelledError):
+        return "cancelled"
+    if isinstance(error, RequestTimeout):
+        return "timeout"
+    if isinstance(error, RemoteError) and error.code in LOST_COPY_CODES:
+        return "missing"
+    return "failed"
 
 
 def _verify_here(data: bytes) -> "Deferred[str]":
@@ -82,6 +116,7 @@ class ChunkClient:
         self.holders = list(holders)
         self.clock = clock
         self.verify = verify or _verify_here
+        self.observer: ChunkObserver = _Unobserved()
         """Hashes a chunk's bytes: in a thread pool on a registry node, so the
         reactor goes on reading other chunks while one is checked."""
         self.settings = settings
@@ -164,8 +199,13 @@ class ChunkClient:
             name, Kind.CHUNK_PUT, meta, data, timeout=self.settings.put_timeout
         )
 
+        def stored(_: Message) -> bool:
+            self.observer.chunk_put(name, "ok")
+            return True
+
         def failed(failure: Failure) -> bool:
             error = failure.value
+            self.observer.chunk_put(name, outcome_of(error))
             if isinstance(error, CancelledError):
                 raise error
             self.log.warn(
@@ -176,7 +216,7 @@ class ChunkClient:
             )
             return False
 
-        return call.addCallbacks(lambda _: True, failed)
+        return call.addCallbacks(stored, failed)
 
     async def get(self, digest: str, size: int) -> bytes:
         """A chunk's verified bytes, from whichever holder gives them first."""
@@ -279,6 +319,7 @@ class _Race:
 
     def _hedge_fired(self) -> None:
         self.hedge = None
+        self.client.observer.hedge()
         self.client.log.info(
             "chunk {digest}: no progress from {relays}; asking another",
             digest=self.digest,
@@ -304,7 +345,9 @@ class _Race:
         del self.asked[name]
         if self.done.called:
             return
-        if actual != self.digest or len(data) != self.size:
+        good = actual == self.digest and len(data) == self.size
+        self.client.observer.chunk_fetch(name, "ok" if good else "bad_bytes")
+        if not good:
             self.client.log.error(
                 "bad bytes for chunk {digest} from {relay}",
                 digest=self.digest,
@@ -330,6 +373,7 @@ class _Race:
     def _failed(self, failure: Failure, name: str) -> None:
         self.asked.pop(name, None)
         error = failure.value
+        self.client.observer.chunk_fetch(name, outcome_of(error))
         if self.done.called or isinstance(error, CancelledError):
             return
         if not isinstance(error, BusError):
