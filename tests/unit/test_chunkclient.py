@@ -652,3 +652,47 @@ def test_puts_are_counted_by_holder_and_outcome() -> None:
     success(d)
     names = [call.dest for call in bus.calls]
     assert counts.puts == [(names[0], "ok"), (names[1], "failed"), (names[2], "ok")]
+
+
+# Concurrent gets of one chunk share one fetch.
+
+
+def test_concurrent_gets_of_a_chunk_ask_its_holders_once() -> None:
+    """Two pulls of one layer at once: the chunk crosses the relay link once."""
+    bus = FakeBus()
+    chunks = client(bus)
+    first, second = get(chunks), get(chunks)
+
+    bus.calls[0].reply(DATA)
+
+    assert len(bus.calls) == 1
+    assert success(first) == success(second) == DATA
+
+
+def test_a_caller_that_leaves_does_not_stop_the_others() -> None:
+    """One of two callers cancels: the shared fetch goes on for the other."""
+    bus = FakeBus()
+    chunks = client(bus)
+    leaving, staying = get(chunks), get(chunks)
+
+    leaving.cancel()
+    bus.calls[0].reply(DATA)
+
+    assert isinstance(failure(leaving).value, CancelledError)
+    assert not bus.calls[0].cancelled
+    assert success(staying) == DATA
+
+
+def test_the_fetch_stops_when_every_caller_has_left() -> None:
+    """Once no caller waits, the holders are told; a later get starts afresh."""
+    bus, clock = FakeBus(), Clock()
+    chunks = client(bus, clock)
+    gets = [get(chunks), get(chunks)]
+
+    for each in gets:
+        each.cancel()
+
+    assert bus.calls[0].cancelled
+    assert clock.getDelayedCalls() == []
+    later = get(chunks)
+    assert len(bus.calls) == 2 and not later.called

@@ -18,6 +18,9 @@ what a pull gets from them.
 A home relay that answered that its copy is missing or corrupt is then sent the
 verified bytes, so a chunk that is read gets back to `replicas` copies.
 
+Concurrent gets of one chunk on one node share one race (`_SharedGet`): many
+clients pulling the same layer through a registry node fetch each chunk once.
+
 A relay that lagged behind a put (alive on the bus but not answering, as a frozen
 process is until its link times out) is *suspect* for `suspect_for` seconds: puts
 ask it last, so a push does not wait `put_laggard_after` on every chunk it homes.
@@ -29,7 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -117,6 +120,7 @@ class ChunkClient:
         self.clock = clock
         self.verify = verify or _verify_here
         self.observer: ChunkObserver = _Unobserved()
+        self._in_flight: dict[tuple[str, int], _SharedGet] = {}
         """Hashes a chunk's bytes: in a thread pool on a registry node, so the
         reactor goes on reading other chunks while one is checked."""
         self.settings = settings
@@ -218,8 +222,25 @@ class ChunkClient:
 
         return call.addCallbacks(stored, failed)
 
-    async def get(self, digest: str, size: int) -> bytes:
-        """A chunk's verified bytes, from whichever holder gives them first."""
+    def get(self, digest: str, size: int) -> "Deferred[bytes]":
+        """A chunk's verified bytes, from whichever holder gives them first.
+
+        Concurrent gets of one chunk (many clients pulling one layer) share one
+        race to the holders: the relays send it once. Each caller may cancel its
+        own get; the race is cancelled when the last of them has.
+        """
+        shared = self._in_flight.get((digest, size))
+        if shared is None:
+            shared = _SharedGet(Deferred.fromCoroutine(self._race(digest, size)))
+            self._in_flight[(digest, size)] = shared
+            shared.race.addBoth(self._race_over, (digest, size))
+        return shared.join()
+
+    def _race_over(self, result: object, key: tuple[str, int]) -> object:
+        self._in_flight.pop(key, None)
+        return result
+
+    async def _race(self, digest: str, size: int) -> bytes:
         candidates = [
             name for name in self.candidates(digest) if self.bus.reachable(name)
         ]
@@ -258,6 +279,46 @@ class ChunkClient:
             return result
 
         return call.addBoth(settled)
+
+
+class _SharedGet:
+    """One race to a chunk's holders and the gets waiting on it."""
+
+    def __init__(self, race: "Deferred[bytes]") -> None:
+        self.race = race
+        self.waiting: list[Deferred[bytes]] = []
+        self.outcome: bytes | Failure | None = None
+        """How the race ended, once it has (it may end before anyone joins)."""
+        race.addCallbacks(self._settle, self._settle_failure)
+
+    def join(self) -> "Deferred[bytes]":
+        """A get of its own for one more caller."""
+        if isinstance(self.outcome, Failure):
+            return fail(self.outcome)
+        if self.outcome is not None:
+            return succeed(self.outcome)
+        mine: Deferred[bytes] = Deferred(self._left)
+        self.waiting.append(mine)
+        return mine
+
+    def _left(self, mine: "Deferred[bytes]") -> None:
+        """A caller cancelled its get; the race stops when no one waits."""
+        if mine in self.waiting:
+            self.waiting.remove(mine)
+        if not self.waiting and not self.race.called:
+            self.race.cancel()
+
+    def _settle(self, data: bytes) -> None:
+        self.outcome = data
+        waiting, self.waiting = self.waiting, []
+        for mine in waiting:
+            mine.callback(data)
+
+    def _settle_failure(self, failure: Failure) -> None:
+        self.outcome = failure
+        waiting, self.waiting = self.waiting, []
+        for mine in waiting:
+            mine.errback(failure)
 
 
 class _Race:
