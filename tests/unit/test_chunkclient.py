@@ -18,7 +18,7 @@ from tests.unit.bustest import (
 )
 from treescale.bus.frames import Kind
 from treescale.bus.node import BusNode, Message, RemoteError, RequestTimeout
-from treescale.store.chunkclient import ChunkClient, ChunkSettings
+from treescale.store.chunkclient import ChunkClient, ChunkSettings, HedgeDelay
 from treescale.store.digests import sha256_digest
 from treescale.store.errors import StorageUnavailable, UploadFailed
 from treescale.store.placement import Holder, place, rank
@@ -41,11 +41,15 @@ class Call:
         self.data = data
         self.cancelled = False
         self.done: Deferred[Message] = Deferred(self._cancel)
+        self.on_progress: Callable[[], None] | None = None
 
     def _cancel(self, _: object) -> None:
         self.cancelled = True
 
     def reply(self, data: bytes = b"") -> None:
+        """Answer whole at once, as one frame: one sign of progress, then the end."""
+        if self.on_progress is not None:
+            self.on_progress()
         self.done.callback(Message(Kind.REPLY, self.dest, {}, data))
 
     def refuse(self, code: str = "chunk_missing") -> None:
@@ -72,6 +76,7 @@ class FakeBus:
         **options: Any,
     ) -> "Deferred[Message]":
         call = Call(dest, kind, meta, data)
+        call.on_progress = options.get("on_progress")
         self.calls.append(call)
         if dest in self.auto:
             self.auto[dest](call)
@@ -696,3 +701,41 @@ def test_the_fetch_stops_when_every_caller_has_left() -> None:
     assert clock.getDelayedCalls() == []
     later = get(chunks)
     assert len(bus.calls) == 2 and not later.called
+
+
+# The hedge delay, learned.
+
+
+def test_hedge_delay_follows_recent_first_byte_waits() -> None:
+    """With no samples the delay is the ceiling; then four times the recent 90th
+    percentile, within the floor and the ceiling; old samples age out."""
+    delay = HedgeDelay(floor=0.25, ceiling=2.0, factor=4.0, samples=10)
+    assert delay.seconds() == 2.0
+
+    for _ in range(10):
+        delay.observe(0.1)
+    assert delay.seconds() == pytest.approx(0.4)
+
+    for _ in range(10):
+        delay.observe(0.001)
+    assert delay.seconds() == 0.25
+
+    delay.observe(5.0)
+    assert delay.seconds() == 2.0
+
+
+def test_a_quick_holder_makes_the_next_hedge_come_sooner() -> None:
+    """After holders answered at once, a silent one is overtaken at the floor, not
+    after the full `hedge_after`."""
+    bus, clock = FakeBus(), Clock()
+    chunks = client(bus, clock)
+    for _ in range(3):
+        d = get(chunks)
+        bus.calls[-1].reply(DATA)
+        success(d)
+    asked = len(bus.calls)
+
+    get(chunks)
+    clock.advance(ChunkSettings().hedge_floor)
+
+    assert len(bus.calls) == asked + 2

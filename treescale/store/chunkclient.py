@@ -10,7 +10,8 @@ A get is hedged rather than broadcast: it asks one holder first, the home relay 
 the fewest bytes of gets in flight (ties rotate), so that the chunks of one blob come
 from every relay at once and a relay that holds more of them is not asked for more
 than its share. It asks the next holder as soon as the first fails, sends bad bytes,
-or makes no progress (no reply, no new piece of data) for `hedge_after` seconds. The
+or makes no progress (no reply, no new piece of data) for the hedge delay, learned
+from recent waits for first bytes and at most `hedge_after` seconds (`HedgeDelay`). The
 first whole, verified answer wins and the others are cancelled. Asking every holder
 at once from the start would send each chunk twice over the relays' links, halving
 what a pull gets from them.
@@ -28,6 +29,7 @@ The chunks placed elsewhere meanwhile are copied home by the relays' scrub.
 """
 
 import itertools
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -98,8 +100,47 @@ class ChunkSettings:
     the rank is asked too: a frozen relay must not stall a push for `put_timeout`."""
     get_timeout: float = 30.0
     hedge_after: float = 2.0
+    """The most seconds a get waits on a holder that shows no progress before it
+    asks the next; the delay used is learned (`HedgeDelay`) and never longer."""
+    hedge_floor: float = 0.25
+    """The least a learned hedge delay may be: below it, a busy disk would be
+    overtaken all the time and every chunk sent twice."""
+    hedge_factor: float = 4.0
+    """The learned delay is this many times the recent 90th percentile of the wait
+    for a holder's first bytes."""
+    hedge_samples: int = 64
+    """How many recent first-byte waits the delay is learned from."""
     suspect_for: float = 30.0
     """Seconds a relay that lagged behind a put is asked last by later puts."""
+
+
+class HedgeDelay:
+    """The no-progress delay after which a get asks another holder, learned from
+    how long holders recently took to send a chunk's first bytes.
+
+    A fixed delay is either too long (a stalled relay costs seconds per chunk) or
+    too short (a relay reading from a busy disk is overtaken and the chunk crosses
+    two links). The delay is `factor` times the 90th percentile of the last
+    `samples` first-byte waits, between `floor` and `ceiling`; with no samples yet
+    it is the ceiling.
+    """
+
+    def __init__(self, floor: float, ceiling: float, factor: float, samples: int):
+        self.floor = floor
+        self.ceiling = ceiling
+        self.factor = factor
+        self.waits: deque[float] = deque(maxlen=samples)
+
+    def observe(self, wait: float) -> None:
+        """A holder sent its first bytes `wait` seconds after it was asked."""
+        self.waits.append(max(wait, 0.0))
+
+    def seconds(self) -> float:
+        if not self.waits:
+            return self.ceiling
+        ordered = sorted(self.waits)
+        p90 = ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
+        return min(self.ceiling, max(self.floor, self.factor * p90))
 
 
 class ChunkClient:
@@ -120,6 +161,12 @@ class ChunkClient:
         self.clock = clock
         self.verify = verify or _verify_here
         self.observer: ChunkObserver = _Unobserved()
+        self.hedge_delay = HedgeDelay(
+            settings.hedge_floor,
+            settings.hedge_after,
+            settings.hedge_factor,
+            settings.hedge_samples,
+        )
         self._in_flight: dict[tuple[str, int], _SharedGet] = {}
         """Hashes a chunk's bytes: in a thread pool on a registry node, so the
         reactor goes on reading other chunks while one is checked."""
@@ -364,19 +411,28 @@ class _Race:
         # once then cancels it, rather than leaving it to ask someone after the end.
         if self.waiting:
             self.hedge = self.client.clock.callLater(
-                self.client.settings.hedge_after, self._hedge_fired
+                self.client.hedge_delay.seconds(), self._hedge_fired
             )
-        call = self.client._ask(name, self.digest, self.size, self._progress)
+        asked_at = self.client.clock.seconds()
+        first = [True]
+
+        def progress() -> None:
+            if first[0]:
+                first[0] = False
+                self.client.hedge_delay.observe(self.client.clock.seconds() - asked_at)
+            self._progress()
+
+        call = self.client._ask(name, self.digest, self.size, progress)
         self.asked[name] = call
         call.addCallbacks(
             self._answered, self._failed, callbackArgs=(name,), errbackArgs=(name,)
         )
 
     def _progress(self) -> None:
-        """A holder is still sending: give it `hedge_after` more seconds."""
+        """A holder is still sending: give it the hedge delay again."""
         hedge = self.hedge
         if hedge is not None and hedge.active():
-            hedge.reset(self.client.settings.hedge_after)
+            hedge.reset(self.client.hedge_delay.seconds())
 
     def _hedge_fired(self) -> None:
         self.hedge = None
