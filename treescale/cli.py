@@ -170,20 +170,7 @@ def _add_status(commands: Any) -> None:
         "readiness, and print them. Exit status 1 when the node is not ready or "
         "cannot be asked.",
     )
-    status.add_argument(
-        "--url",
-        type=_base_url,
-        default=_base_url(DEFAULT_URL),
-        help=f"the registry node's HTTP address (default {DEFAULT_URL}); only "
-        "this address is asked",
-    )
-    status.add_argument(
-        "--timeout",
-        type=_seconds,
-        default=DEFAULT_TIMEOUT,
-        metavar="SECONDS",
-        help=f"how long to wait for each answer (default {DEFAULT_TIMEOUT:g})",
-    )
+    _add_node_address(status, DEFAULT_TIMEOUT, "each answer")
     status.add_argument(
         "--cafile",
         type=Path,
@@ -192,6 +179,24 @@ def _add_status(commands: Any) -> None:
         "system's)",
     )
     status.set_defaults(run=run_status)
+
+
+def _add_node_address(command: Any, timeout: float, waited_for: str) -> None:
+    """The ``--url`` and ``--timeout`` of a command that asks one registry node."""
+    command.add_argument(
+        "--url",
+        type=_base_url,
+        default=_base_url(DEFAULT_URL),
+        help=f"the registry node's HTTP address (default {DEFAULT_URL}); only "
+        "this address is asked",
+    )
+    command.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=timeout,
+        metavar="SECONDS",
+        help=f"how long to wait for {waited_for} (default {timeout:g})",
+    )
 
 
 def _add_certs(commands: Any) -> None:
@@ -282,20 +287,8 @@ def _add_gc(commands: Any) -> None:
         "collection (it answers only local clients) and print its report. With "
         "--dry-run nothing is deleted: the report says what would go.",
     )
-    gc.add_argument(
-        "--url",
-        type=_base_url,
-        default=_base_url(DEFAULT_URL),
-        help=f"the registry node's HTTP address on this host (default {DEFAULT_URL})",
-    )
+    _add_node_address(gc, DEFAULT_GC_TIMEOUT, "the run")
     gc.add_argument("--dry-run", action="store_true", help="report, delete nothing")
-    gc.add_argument(
-        "--timeout",
-        type=_seconds,
-        default=DEFAULT_GC_TIMEOUT,
-        metavar="SECONDS",
-        help=f"how long to wait for the run (default {DEFAULT_GC_TIMEOUT:g})",
-    )
     gc.add_argument("--json", action="store_true", help="print the whole report")
     gc.set_defaults(run=run_gc_command)
 

@@ -23,6 +23,7 @@ import io
 import json
 import os
 import signal
+import subprocess
 import tarfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -487,16 +488,15 @@ def test_quarantined_chunk_gets_back_to_two_copies(
 # 5. A relay dying in the middle of a push.
 
 
-def test_push_when_a_relay_dies_mid_push(
-    cluster: Cluster, skopeo: Skopeo, tmp_path: Path
-) -> None:
-    """A relay killed mid-push: the push fails cleanly or works; a retry works."""
-    fresh = write_random_image(tmp_path / "fresh", "fresh", [32 * MiB, 2 * MiB])
-    victim = "relay-a"
+def push_killing(
+    cluster: Cluster, skopeo: Skopeo, image: OciImage, victim: str
+) -> tuple[bool, "subprocess.CompletedProcess[bytes]"]:
+    """Push `image` as ``fresh`` with skopeo and SIGKILL `victim` once it holds a
+    few of its chunks; whether the push was still going then, and how it ended."""
     arguments = (
         "copy",
         "--dest-tls-verify=false",
-        f"oci:{fresh.layout}:{fresh.tag}",
+        f"oci:{image.layout}:{image.tag}",
         f"docker://{reference(cluster, 'fresh')}",
     )
     forget_uploads()
@@ -510,7 +510,16 @@ def test_push_when_a_relay_dies_mid_push(
         )
         still_pushing = not pushing.done()
         cluster.stop_node(victim, kill=True)
-        first = pushing.result(timeout=120)
+        return still_pushing, pushing.result(timeout=120)
+
+
+def test_push_when_a_relay_dies_mid_push(
+    cluster: Cluster, skopeo: Skopeo, tmp_path: Path
+) -> None:
+    """A relay killed mid-push: the push fails cleanly or works; a retry works."""
+    fresh = write_random_image(tmp_path / "fresh", "fresh", [32 * MiB, 2 * MiB])
+    victim = "relay-a"
+    still_pushing, first = push_killing(cluster, skopeo, fresh, victim)
 
     assert still_pushing, "the push ended before the relay was killed"
     if first.returncode == 0:
@@ -626,24 +635,7 @@ def test_push_completes_with_two_live_copies_when_a_relay_dies(
     chunk of the image is on both relays left alive."""
     fresh = write_random_image(tmp_path / "fresh", "fresh", [24 * MiB, 2 * MiB])
     victim = "relay-a"
-    arguments = (
-        "copy",
-        "--dest-tls-verify=false",
-        f"oci:{fresh.layout}:{fresh.tag}",
-        f"docker://{reference(cluster, 'fresh')}",
-    )
-    forget_uploads()
-
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pushing = pool.submit(skopeo.run, *arguments)
-        wait_until(
-            lambda: len(chunk_names(cluster, victim)) >= 3,
-            f"chunks reaching {victim}",
-            WAIT_TIMEOUT,
-        )
-        still_pushing = not pushing.done()
-        cluster.stop_node(victim, kill=True)
-        pushed = pushing.result(timeout=120)
+    still_pushing, pushed = push_killing(cluster, skopeo, fresh, victim)
 
     assert still_pushing, "the push ended before the relay was killed"
     assert pushed.returncode == 0, pushed.stderr.decode(errors="replace")
