@@ -15,6 +15,7 @@ tests; its docker daemon and podman store are its own.
 
 import os
 import secrets
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -44,6 +45,7 @@ from .cluster import (
 from .engines import (
     ACCESS_DENIED,
     LOGIN_REFUSED,
+    Docker,
     DockerDaemon,
     EngineError,
     LocalImage,
@@ -129,6 +131,17 @@ def wrong(account: Account) -> Account:
 def error_of(attempt: "pytest.ExceptionInfo[EngineError]") -> str:
     """What a failed engine command itself said on its standard error."""
     return attempt.value.stderr
+
+
+def push_as(
+    docker: Docker, source: str, target: str
+) -> "subprocess.CompletedProcess[str]":
+    """Tag the pulled image as `target`, try to push it, and drop the tag again."""
+    docker.tag(source, target)
+    try:
+        return docker.run("push", target)
+    finally:
+        docker.remove(target)
 
 
 def statuses_in(server: Server, repository: str) -> set[int]:
@@ -296,11 +309,7 @@ class LoginChecks:
         """docker push with no login gets only 401s, and nothing of it is stored."""
         docker = docker_daemon.client("anonymous")
         target = f"{server.address}/{ANONYMOUS_DOCKER_REPOSITORY}:{TAG}"
-        docker.tag(docker_trip.reference, target)
-        try:
-            result = docker.run("push", target)
-        finally:
-            docker.remove(target)
+        result = push_as(docker, docker_trip.reference, target)
         statuses = statuses_in(server, ANONYMOUS_DOCKER_REPOSITORY)
 
         assert result.returncode != 0
@@ -458,11 +467,7 @@ class TreescaleLoginChecks(LoginChecks):
         """alice, signed in, may push below team/ but not to other/: docker says so."""
         docker = docker_daemon.client("alice")
         target = f"{server.address}/{OUTSIDE_REPOSITORY}:{TAG}"
-        docker.tag(docker_trip.reference, target)
-        try:
-            result = docker.run("push", target)
-        finally:
-            docker.remove(target)
+        result = push_as(docker, docker_trip.reference, target)
 
         assert result.returncode != 0
         assert ACCESS_DENIED.search(result.stderr), result.stderr
