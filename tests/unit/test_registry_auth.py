@@ -5,6 +5,7 @@ import base64
 import hashlib
 import time
 from pathlib import Path
+from typing import Any
 
 import bcrypt
 import pytest
@@ -221,3 +222,32 @@ def test_a_refused_patch_adds_nothing_to_an_upload(tmp_path: Path) -> None:
 
     assert (status, refused, closed) == (202, 401, 201)
     assert storage.blobs[digest] == BLOB
+
+
+def test_a_request_on_the_streaming_site_is_authorized_once(tmp_path: Path) -> None:
+    """Checked as its headers arrive and again at dispatch, a request's credentials
+    are still verified once (one bcrypt, one failed-login line)."""
+    write_htpasswd(tmp_path)
+    settings = parse_auth(
+        {"mode": "basic", "htpasswd": "htpasswd"}, tmp_path / "topology.toml"
+    )
+    authenticator = Authenticator(settings, time.time)
+    calls: list[object] = []
+    real = authenticator.authorize
+
+    def counted(*args: Any) -> Any:
+        calls.append(args)
+        return real(*args)
+
+    authenticator.authorize = counted  # type: ignore[method-assign]
+    site = make_site(
+        Registry(MemoryStorage(), Clock(), RegistrySettings(), authenticator)
+    )
+    connection = connect(site)
+    wrong = "Authorization: " + basic("alice", "guess")["Authorization"]
+    connection.send(request_head("GET", "/v2/a/tags/list", wrong))
+
+    status, _, _ = connection.response()
+
+    assert status == 401
+    assert len(calls) == 1

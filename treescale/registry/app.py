@@ -207,10 +207,22 @@ class Registry:
         return await handler(request, route, repo)
 
     def _authorize(self, request: Request, wanted: list[Access]) -> None:
-        """Let the request on only if its credentials allow what it asks for."""
-        decision = self._decide(request, wanted)
+        """Let the request on only if its credentials allow what it asks for.
+
+        A streaming request is checked as its headers arrive (`open_body`) and
+        again when it is dispatched: the decision is kept on the request, so its
+        credentials are checked (a bcrypt or a signature) and a failed login is
+        logged once.
+        """
+        kept = getattr(request, _DECISION, None)
+        if kept is not None and kept[0] == wanted:
+            decision = kept[1]
+        else:
+            decision = self._decide(request, wanted)
+            setattr(request, _DECISION, (wanted, decision))
+            if decision.allowed:
+                self.observer.authorized(request, decision.user)
         if decision.allowed:
-            self.observer.authorized(request, decision.user)
             return
 
         if decision.status == 401:
@@ -313,6 +325,9 @@ class Registry:
 
 
 _OPEN = Decision(True, None, 200, None, "logins are off")
+
+_DECISION = "treescale_access_decision"
+"""The request attribute keeping what it asked for and the decision on it."""
 
 
 def _route_label(route: Route | None) -> str:
