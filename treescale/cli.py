@@ -76,6 +76,7 @@ from treescale.bus.certs import (
 from treescale.bus.tls import plain_bus_refusal
 from treescale.bus.tls_settings import check_tls_names, node_identity
 from treescale.config import ConfigError, NodeConfig, Topology, load
+from treescale.durable import fsync_folder
 from treescale.ops.health import relays_needed
 from treescale.settings_doc import reference
 
@@ -1187,17 +1188,8 @@ def replace_file(path: Path, data: bytes, new_mode: int) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    _sync_folder(path.parent)
-
-
-def _sync_folder(folder: Path) -> None:
-    """Make a rename in `folder` survive a power loss, where the system allows."""
-    with contextlib.suppress(OSError):
-        descriptor = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
+    with contextlib.suppress(OSError):  # not every file system can
+        fsync_folder(path.parent)
 
 
 def _bcrypt_cost(text: str) -> int:

@@ -25,6 +25,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from treescale.durable import fsync_folder
+
 PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
 
 SIGNING_ALGORITHM = "ES256"
@@ -134,19 +136,10 @@ def _create_private_key(path: Path) -> None:
             file.flush()
             os.fsync(file.fileno())
         os.link(temporary, path)
-        _sync_folder(path.parent)
+        fsync_folder(path.parent)
     except FileExistsError:
         pass
     except OSError as e:
         raise KeyUnusable(f"cannot create {str(path)!r}: {e.strerror}") from e
     finally:
         os.unlink(temporary)
-
-
-def _sync_folder(folder: Path) -> None:
-    """Make the new file's name durable, as the key's bytes already are."""
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

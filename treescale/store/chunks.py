@@ -42,6 +42,7 @@ from typing import BinaryIO, Literal
 
 from twisted.logger import Logger
 
+from treescale.durable import fsync_folder
 from treescale.store.digests import ALGORITHM
 
 _DIGEST = re.compile(ALGORITHM + r":([0-9a-f]{64})")
@@ -81,15 +82,6 @@ def _hex_of(digest: str) -> str:
     if match is None:
         raise ChunkError(f"not a sha256 digest: {digest!r:.80}")
     return match.group(1)
-
-
-def _fsync_dir(path: pathlib.Path) -> None:
-    """Make the entries of a directory (a rename, a new file) survive a power loss."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class ChunkWriter:
@@ -159,7 +151,7 @@ class ChunkWriter:
             with self._swap:
                 os.replace(self._temp, self._final)
             if self._fsync:
-                _fsync_dir(self._final.parent)
+                fsync_folder(self._final.parent)
         except BaseException:
             self.abort()
             raise
@@ -205,7 +197,7 @@ class ChunkWriter:
 
         shard.mkdir(exist_ok=True)
         if self._fsync:
-            _fsync_dir(shard.parent)
+            fsync_folder(shard.parent)
 
 
 class ChunkStore:
