@@ -19,7 +19,7 @@ from treescale.registry.errors import (
     TAG_INVALID,
     ApiError,
 )
-from treescale.store.digests import ALGORITHMS
+from treescale.store.digests import ALGORITHMS, algorithm_of
 
 DEFAULT_MAX_NAME_LENGTH = 255
 """The spec: a name including its slashes is shorter than 256 characters."""
@@ -87,7 +87,7 @@ def check_algorithm(algorithm: str) -> str:
 
 def check_digest(digest: str) -> str:
     """A digest this registry can store: a known algorithm and its lowercase hex."""
-    algorithm = digest.split(":", 1)[0]
+    algorithm = algorithm_of(digest)
     pattern = _STORABLE.get(algorithm)
     if pattern is not None and pattern.fullmatch(digest) is not None:
         return digest
