@@ -150,6 +150,10 @@ def make_site(bus: BusNode, topology: Topology, node: NodeConfig, reactor: Any) 
     ops.metrics.watch_chunk_buffer(
         lambda: (storage.budget.size - storage.budget.free, storage.budget.size)
     )
+    ops.metrics.watch_link_queues(
+        lambda: {peer: link.unsent for peer, link in bus.links.items()}
+    )
+    ops.metrics.watch_bus_pending(lambda: bus.pending_requests)
     bus.link_listeners.append(ops.metrics.link_changed)
     storage.chunks.observer = ops.metrics
     registry = Registry(

@@ -154,6 +154,13 @@ def test_a_real_tree_counts_a_push_and_a_pull(
     stored = total(samples, "treescale_chunk_puts_total", outcome="ok")
     assert fetched >= len(blobs) + 1
     assert stored >= 2 * (len(blobs) + 1)
+    assert total(samples, "treescale_bus_pending_requests") == 0
+    queued = {
+        dict(labels)["peer"]
+        for name, labels in samples
+        if name == "treescale_bus_link_queued_bytes"
+    }
+    assert queued == set(cluster.relays)
     assert total(samples, "process_resident_memory_bytes") > 0
     # The status and operations pages are not the API: they are not counted.
     assert total(samples, requests, route="none") == 0

@@ -13,7 +13,6 @@ from twisted.logger import Logger
 
 from treescale.ops.metrics import (
     Metrics,
-    RebalanceSnapshot,
     RepairSnapshot,
     method_label,
 )
@@ -99,18 +98,13 @@ def test_invented_methods_and_outcomes_fold_into_other() -> None:
 
 
 def test_store_and_bus_counters() -> None:
-    """Hedges, cache lookups and link changes each count where they should."""
+    """Hedges and link changes each count where they should."""
     metrics = Metrics(with_process=False)
     metrics.hedge()
     metrics.hedge()
-    metrics.cache_lookup(True)
-    metrics.cache_lookup(False)
-    metrics.cache_lookup(False)
     metrics.link_changed("relay-a", False)
     metrics.link_changed("relay-a", True)
     assert value(metrics, "treescale_chunk_hedges_total") == 2
-    assert value(metrics, "treescale_cache_requests_total", result="hit") == 1
-    assert value(metrics, "treescale_cache_requests_total", result="miss") == 2
     changes = "treescale_bus_link_changes_total"
     assert value(metrics, changes, peer="relay-a", state="down") == 1
     assert value(metrics, changes, peer="relay-a", state="up") == 1
@@ -174,7 +168,6 @@ def test_repair_and_rebalance_progress() -> None:
         ]
 
     metrics.watch_repair(repair)
-    metrics.watch_rebalance(lambda: [RebalanceSnapshot("relay-b", 7, 700, 5)])
     samples = scrape(metrics)
     assert len(reads) == 1
     relay_a = (("relay", "relay-a"),)
@@ -187,10 +180,6 @@ def test_repair_and_rebalance_progress() -> None:
         (("relay", "relay-a"), ("result", "corrupt")): 1,
         (("relay", "relay-a"), ("result", "copied")): 3,
     }
-    relay_b = (("relay", "relay-b"),)
-    assert samples["treescale_rebalance_moved_chunks_total"][relay_b] == 7
-    assert samples["treescale_rebalance_moved_bytes_total"][relay_b] == 700
-    assert samples["treescale_rebalance_pending_chunks"][relay_b] == 5
 
 
 def test_a_failing_source_leaves_only_its_metrics_out() -> None:

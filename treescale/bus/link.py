@@ -77,6 +77,11 @@ class Link(Protocol):
         self._stall_timer: IDelayedCall | None = None
         self._closed = False
 
+    @property
+    def unsent(self) -> int:
+        """Bytes written to this link that its transport has not sent yet."""
+        return self._unsent
+
     # Connection life.
 
     def connectionMade(self) -> None:

@@ -363,6 +363,11 @@ class BusNode(MultiService):
             if pending.link == peer:
                 self._fail(event_id, error)
 
+    @property
+    def pending_requests(self) -> int:
+        """Requests this node sent and still waits to hear the end of."""
+        return len(self._pending)
+
     def reachable(self, name: str) -> bool:
         """Whether the link toward `name` is up (always true for this node)."""
         if name == self.me.name:

@@ -26,12 +26,12 @@
     treescale_chunk_fetches_total{holder,outcome}
     treescale_chunk_puts_total{holder,outcome}
     treescale_chunk_hedges_total
-    treescale_cache_requests_total{result}                    hit or miss
     treescale_chunk_buffer_used, treescale_chunk_buffer_size  the chunk budget
     treescale_relays_reachable, treescale_relays_needed
     treescale_bus_link_up{peer}, treescale_bus_link_changes_total{peer,state}
     treescale_bus_link_queued_bytes{peer}, treescale_bus_pending_requests
-    treescale_repair_*{relay}, treescale_rebalance_*{relay}
+    treescale_repair_*{relay}                                 (not fed yet: relays
+                                                              have no listener)
     treescale_notifications_{sent,failed,dropped}_total{endpoint,...}
     treescale_notifications_queued{endpoint}
     process_*, python_*                                       the standard ones
@@ -108,16 +108,6 @@ class RepairSnapshot:
     bytes_checked: int
     counts: Mapping[str, int] = field(default_factory=dict)
     """Totals since start, by result: see `REPAIR_RESULTS`."""
-
-
-@dataclass(frozen=True)
-class RebalanceSnapshot:
-    """Where one relay's moving of chunks to their new homes stands."""
-
-    relay: str
-    chunks_moved: int
-    bytes_moved: int
-    chunks_pending: int
 
 
 def method_label(method: bytes | str) -> str:
@@ -221,11 +211,6 @@ class Metrics:
             "treescale_chunk_hedges",
             "Chunk gets that asked another holder because the first was slow.",
         )
-        self.cache = self._counter(
-            "treescale_cache_requests",
-            "Chunk lookups in a relay's cache, by hit or miss.",
-            ["result"],
-        )
 
     def _bus_and_notifications(self) -> None:
         self.link_changes = self._counter(
@@ -310,9 +295,6 @@ class Metrics:
     def hedge(self) -> None:
         """A chunk get asked one more holder, the ones asked being slow."""
         self.hedges.inc()
-
-    def cache_lookup(self, hit: bool) -> None:
-        self.cache.labels("hit" if hit else "miss").inc()
 
     # The bus.
 
@@ -405,12 +387,6 @@ class Metrics:
         """Each relay's repair progress: passes, chunks checked, what was found."""
         self._snapshots.watch(lambda: _repair_families(list(source())))
 
-    def watch_rebalance(
-        self, source: Callable[[], Iterable[RebalanceSnapshot]]
-    ) -> None:
-        """Each relay's moving of chunks to the homes placement now gives them."""
-        self._snapshots.watch(lambda: _rebalance_families(list(source())))
-
     # The page.
 
     def render(self, accept: str | None) -> tuple[bytes, str]:
@@ -468,33 +444,6 @@ def _repair_families(snapshots: list[RepairSnapshot]) -> list[Metric]:
             {(s.relay,): float(s.bytes_checked) for s in snapshots},
         ),
         counts,
-    ]
-
-
-def _rebalance_families(snapshots: list[RebalanceSnapshot]) -> list[Metric]:
-    """The rebalance metrics of every relay, from one reading of their progress."""
-    return [
-        _family(
-            True,
-            "treescale_rebalance_moved_chunks",
-            "Chunks a relay has moved to their new homes.",
-            ["relay"],
-            {(s.relay,): float(s.chunks_moved) for s in snapshots},
-        ),
-        _family(
-            True,
-            "treescale_rebalance_moved_bytes",
-            "Bytes a relay has moved to new homes.",
-            ["relay"],
-            {(s.relay,): float(s.bytes_moved) for s in snapshots},
-        ),
-        _family(
-            False,
-            "treescale_rebalance_pending_chunks",
-            "Chunks a relay still has to move.",
-            ["relay"],
-            {(s.relay,): float(s.chunks_pending) for s in snapshots},
-        ),
     ]
 
 
