@@ -54,6 +54,8 @@ class Tally:
     push_failures: int = 0
     pulls: int = 0
     pull_failures: int = 0
+    wrong_pulls: list[str] = field(default_factory=list)
+    """Pulls made under load that brought back other bytes than were pushed."""
     kills: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -94,12 +96,27 @@ def client(
             pull_tag = rng.choice(choices)
             layout = work / f"client-{number}" / f"pull-{round_}"
             try:
-                skopeo.pull(reference(cluster, pull_tag, "soak/app"), layout, "t")
+                pulled = skopeo.pull(
+                    reference(cluster, pull_tag, "soak/app"), layout, "t"
+                )
             except Exception:
                 with tally.lock:
                     tally.pull_failures += 1
+            else:
+                wrong = differences(pulled, tally.pushed[pull_tag], pull_tag)
+                with tally.lock:
+                    tally.wrong_pulls += wrong
             with tally.lock:
                 tally.pulls += 1
+
+
+def differences(pulled: OciImage, pushed: OciImage, tag: str) -> list[str]:
+    """How a pulled image differs from the one pushed (nothing, when it is whole)."""
+    wrong = [f"{tag}: {digest}" for digest in mismatched_blobs(pulled)]
+    same = pulled.manifest.digest == pushed.manifest.digest
+    if not same or pulled.content_digests != pushed.content_digests:
+        wrong.append(f"{tag}: not the image pushed")
+    return wrong
 
 
 def killer(cluster: Cluster, deadline: float, tally: Tally) -> None:
@@ -144,7 +161,11 @@ def test_soak(cluster: Cluster, tmp_path: Path) -> None:
         f"({tally.push_failures} failed), {tally.pulls} pulls "
         f"({tally.pull_failures} failed), {tally.kills} relay kills"
     )
+    # One relay down at a time, with two copies of every chunk: no push or pull
+    # may fail, and every pull under load must bring back what was pushed.
     assert images, "no push succeeded"
+    assert (tally.push_failures, tally.pull_failures) == (0, 0)
+    assert tally.wrong_pulls == []
     wait_until(
         lambda: not under_replicated(cluster, images),
         "every chunk on its replica count",
@@ -158,9 +179,6 @@ def test_soak(cluster: Cluster, tmp_path: Path) -> None:
         pulled = skopeo.pull(
             reference(cluster, tag, "soak/app"), tmp_path / "check" / tag, tag
         )
-        same = pulled.manifest.digest == image.manifest.digest
-        if not same or pulled.content_digests != image.content_digests:
-            wrong.append(tag)
-        wrong += [f"{tag}: {digest}" for digest in mismatched_blobs(pulled)]
+        wrong += differences(pulled, image, tag)
     assert wrong == []
     assert nodes_with_tracebacks(cluster) == []
