@@ -66,6 +66,8 @@ MAX_WINDOW = 256
 MAX_BUFFER_CHUNKS = 65536
 MAX_REPLICAS = 16
 MAX_NODE_ID = 100_000
+MAX_TOPOLOGY_VERSION = 2**31 - 1
+MAX_CACHE_SIZE = 2**40
 
 
 class _Required:
@@ -97,6 +99,14 @@ class Setting:
 
 
 CLUSTER_SETTINGS = (
+    Setting(
+        "version",
+        int,
+        1,
+        "the topology's edition: raise it with every edit, so nodes that meet "
+        "while an edit rolls out can tell which of them is behind",
+        (1, MAX_TOPOLOGY_VERSION),
+    ),
     Setting(
         "name",
         str,
@@ -220,6 +230,21 @@ NODE_SETTINGS = (
         "are enough of them",
         shown_default="the node's name",
     ),
+    Setting(
+        "drain",
+        bool,
+        False,
+        "(store nodes) take no new chunks or records and move the ones held to "
+        "the other relays; remove the node from the file once it is empty",
+    ),
+    Setting(
+        "cache_size",
+        int,
+        0,
+        "bytes of chunks a node keeps in memory from the chunk replies it passes "
+        "towards registry nodes, to answer later requests itself; 0 turns it off",
+        (0, MAX_CACHE_SIZE),
+    ),
 )
 
 CLUSTER_FIELDS = frozenset(setting.name for setting in CLUSTER_SETTINGS)
@@ -251,6 +276,8 @@ class NodeConfig:
     http: str | None
     weight: float
     domain: str
+    drain: bool = False
+    cache_size: int = 0
 
     @property
     def is_store(self) -> bool:
@@ -274,6 +301,7 @@ class Topology:
     window: int
     buffer_chunks: int
     nodes: tuple[NodeConfig, ...]
+    version: int = 1
     registry: RegistrySettings = dataclasses.field(default_factory=RegistrySettings)
     auth: AuthSettings = dataclasses.field(default_factory=AuthSettings)
     notifications: NotificationSettings = dataclasses.field(
@@ -364,6 +392,7 @@ def parse(
         window=_cluster_int(cluster, "window", source),
         buffer_chunks=_cluster_int(cluster, "buffer_chunks", source),
         nodes=nodes,
+        version=_cluster_int(cluster, "version", source),
     )
     topology = replace(
         topology,
@@ -473,7 +502,23 @@ def _parse_node(table: object, source: Path, index: int) -> NodeConfig:
         http=http,
         weight=float(weight),
         domain=_string(node.get("domain", name), source, name, "domain"),
+        drain=_flag(node, "drain", source, name),
+        cache_size=_bounded_int(
+            node.get("cache_size", _NODE["cache_size"].default),
+            source,
+            "cache_size",
+            *_bounds(_NODE["cache_size"]),
+            node=name,
+        ),
     )
+
+
+def _flag(table: Mapping[str, Any], field: str, source: Path, node: str) -> bool:
+    """A true/false field of a node, its default from the field table."""
+    value = table.get(field, _NODE[field].default)
+    if not isinstance(value, bool):
+        raise ConfigError(source, node, field, "true or false")
+    return value
 
 
 def _cluster_int(cluster: Mapping[str, Any], name: str, source: Path) -> int:
@@ -611,6 +656,18 @@ def _check_stores(topology: Topology) -> None:
     if not any(node.is_registry for node in topology.nodes):
         raise ConfigError(
             topology.source, None, "roles", "no node has the registry role"
+        )
+    for node in topology.nodes:
+        if node.drain and not node.is_store:
+            raise ConfigError(
+                topology.source, node.name, "drain", "only a store node can drain"
+            )
+    if all(node.drain for node in topology.stores):
+        raise ConfigError(
+            topology.source,
+            topology.stores[-1].name,
+            "drain",
+            "every store node drains: no relay would be left to take the chunks",
         )
 
 

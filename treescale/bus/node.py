@@ -172,6 +172,8 @@ class BusNode(MultiService):
         self.links: dict[str, Link] = {}
         self.handlers: dict[Kind, Handler] = {}
         self.link_listeners: list[Callable[[str, bool], None]] = []
+        # Called with the new topology after `apply_topology` took an edit.
+        self.topology_listeners: list[Callable[[Topology], None]] = []
         self._hash = topology_hash(topology)
         self._pending: dict[int, _Pending] = {}
         self._inbound: dict[int, _Inbound] = {}

@@ -23,7 +23,7 @@ from treescale.store.budget import ChunkBudget
 from treescale.store.chunkclient import ChunkClient, ChunkSettings
 from treescale.store.digests import ALGORITHM, digest_of, sha256_digest
 from treescale.store.errors import BlobUnknown, StorageUnavailable
-from treescale.store.placement import Holder
+from treescale.store.placement import holders_of
 from treescale.store.records import HybridClock, RecordClient
 from treescale.store.scrub import read_repair_status
 
@@ -41,9 +41,7 @@ class ClusterStorage:
         pool: ThreadPool | None = None,
     ) -> None:
         """`pool`, when given, hashes fetched chunks off the reactor thread."""
-        holders = [
-            Holder(node.name, node.weight, node.domain) for node in topology.stores
-        ]
+        holders = holders_of(topology)
         self.bus = bus
         self.chunk_size = topology.chunk_size
         self.window = topology.window

@@ -23,6 +23,10 @@ import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from treescale.config import Topology
 
 _MANTISSA_BITS = 52
 
@@ -33,16 +37,27 @@ class Holder:
 
     `weight` is its share of keys relative to the others (its capacity); `domain`
     names what it fails together with, and a holder with none is a domain of its own.
+    A `draining` holder is home to no key: it is still searched (last), since it
+    keeps what it held until its keys have moved.
     """
 
     name: str
     weight: float = 1.0
     domain: str = ""
+    draining: bool = False
 
     def __post_init__(self) -> None:
         """Refuse weights that would make scores meaningless."""
         if not (math.isfinite(self.weight) and self.weight > 0):
             raise ValueError(f"holder {self.name!r}: weight must be > 0")
+
+
+def holders_of(topology: "Topology") -> list[Holder]:
+    """Every store node of a topology as placement sees it."""
+    return [
+        Holder(node.name, node.weight, node.domain, node.drain)
+        for node in topology.stores
+    ]
 
 
 def _domain_of(holder: Holder) -> str:
@@ -105,7 +120,9 @@ def search_order(key: str, holders: Sequence[Holder], replicas: int) -> list[Hol
 
 
 def _homes(ranked: list[Holder], replicas: int) -> list[Holder]:
-    """The first `replicas` of a rank, one per failure domain while domains last."""
+    """The first `replicas` of a rank, one per failure domain while domains last;
+    draining holders are left out."""
+    ranked = [holder for holder in ranked if not holder.draining]
     chosen: list[Holder] = []
     domains: set[str] = set()
 

@@ -28,7 +28,7 @@ from treescale.bus.frames import Kind
 from treescale.bus.node import BusNode, HandlerError, Message
 from treescale.store.chunks import ChunkCorrupt, ChunkError, ChunkMissing, ChunkStore
 from treescale.store.digests import ALGORITHM
-from treescale.store.placement import Holder
+from treescale.store.placement import holders_of
 from treescale.store.records import (
     HybridClock,
     RecordClient,
@@ -87,9 +87,7 @@ class Relay:
     def _make_scrubber(self, settings: ScrubSettings) -> Scrubber:
         """This relay's scrub, over every store of the topology."""
         topology = self.bus.topology
-        holders = [
-            Holder(node.name, node.weight, node.domain) for node in topology.stores
-        ]
+        holders = holders_of(topology)
         records = RecordClient(
             self.bus, holders, topology.record_replicas, HybridClock(self.bus.me.id)
         )
