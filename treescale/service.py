@@ -44,6 +44,7 @@ from treescale.ops.health import relays_needed
 from treescale.ops.pages import node_ops
 from treescale.registry.app import Registry
 from treescale.registry.app import make_site as registry_site
+from treescale.reload import Reloader, reload_on_hangup
 from treescale.store.cluster import ClusterStorage
 from treescale.store.relay import Relay
 from treescale.web.page import StatusPage
@@ -69,9 +70,16 @@ CERTIFICATE_WARNING = datetime.timedelta(days=30)
 
 
 def make_process_service(
-    topology: Topology, names: Sequence[str], reactor: Any
+    topology: Topology,
+    names: Sequence[str],
+    reactor: Any,
+    data_dir: Path | str | None = None,
 ) -> IService:
-    """Services for the nodes named, or for every local node when none is named."""
+    """Services for the nodes named, or for every local node when none is named.
+
+    SIGHUP reloads the topology file (`treescale.reload`); `data_dir` is the
+    override the process started with, kept for those reloads.
+    """
     nodes = [topology.node(name) for name in names] or list(topology.local_nodes())
     if not nodes:
         raise ValueError(f"{topology.source}: no node of this file has a local address")
@@ -79,12 +87,14 @@ def make_process_service(
     if refusal is not None:
         fail_start(refusal)
     top = _Process()  # type: ignore[no-untyped-call]
-    for node in nodes:
-        make_node_service(topology, node, reactor).setServiceParent(top)
+    buses = [make_node_service(topology, node, reactor) for node in nodes]
+    for bus in buses:
+        bus.setServiceParent(top)  # type: ignore[no-untyped-call]
+    reload_on_hangup(Reloader(topology, buses, data_dir), reactor)
     return top
 
 
-def make_node_service(topology: Topology, node: NodeConfig, reactor: Any) -> IService:
+def make_node_service(topology: Topology, node: NodeConfig, reactor: Any) -> BusNode:
     """One node: its bus, and a relay or a registry (or both) on top of it."""
     bus = BusNode(topology, node, reactor, reactor, tls=make_bus_tls(topology, node))
     if node.is_store:
@@ -135,18 +145,15 @@ def make_site(bus: BusNode, topology: Topology, node: NodeConfig, reactor: Any) 
     its token endpoint beside the API."""
     storage = ClusterStorage(bus, topology, reactor, reactor.getThreadPool())
     authenticator = make_authenticator(topology, reactor)
-    needed = relays_needed(
-        len(topology.stores), topology.replicas, topology.record_replicas
-    )
     ops = node_ops(
         reactor,
         topology.notifications,
         node.http or "",
-        lambda: (storage.relays_up(), needed),
+        lambda: (storage.relays_up(), _relays_needed(bus.topology)),
     )
-    peers = [n.name for n in topology.nodes if n.parent == node.name]
-    peers += [node.parent] if node.parent else []
-    ops.metrics.watch_links(lambda: {peer: peer in bus.links for peer in peers})
+    ops.metrics.watch_links(
+        lambda: {peer: peer in bus.links for peer in bus.routes.neighbours}
+    )
     ops.metrics.watch_chunk_buffer(
         lambda: (storage.budget.size - storage.budget.free, storage.budget.size)
     )
@@ -174,9 +181,16 @@ def make_site(bus: BusNode, topology: Topology, node: NodeConfig, reactor: Any) 
         ),
     }
     site.resource = _WithStatus(
-        site.resource, bus, storage, topology, reactor, tokens, pages
+        site.resource, bus, storage, reactor, tokens, pages
     )
     return site
+
+
+def _relays_needed(topology: Topology) -> int:
+    """Relays a registry node needs up to be ready, in the tree as it is now."""
+    return relays_needed(
+        len(topology.stores), topology.replicas, topology.record_replicas
+    )
 
 
 def make_authenticator(topology: Topology, reactor: Any) -> Authenticator | None:
@@ -219,7 +233,6 @@ class _WithStatus(Resource):
         inner: Resource,
         bus: BusNode,
         storage: ClusterStorage,
-        topology: Topology,
         clock: IReactorTime,
         tokens: Resource | None = None,
         pages: Mapping[bytes, Resource] | None = None,
@@ -230,7 +243,6 @@ class _WithStatus(Resource):
         self.storage = storage
         self.tokens = tokens
         self.pages = pages or {}
-        self.topology = topology
         self.status_page: Resource = StatusPage()
         self.clock = clock
 
@@ -252,7 +264,7 @@ class _WithStatus(Resource):
     async def _status(self, request: Request) -> None:
         """The tree's state, with every relay's repair progress when the records
         answer within `STATUS_REPAIR_TIMEOUT` (else ``repair`` is null)."""
-        status = tree_status(self.topology, self.bus.me.name, self.bus.reachable)
+        status = tree_status(self.bus.topology, self.bus.me.name, self.bus.reachable)
         status["links"] = sorted(self.bus.links)
         reading = Deferred.fromCoroutine(self.storage.repair_status(time.time()))
         reading.addTimeout(STATUS_REPAIR_TIMEOUT, self.clock)

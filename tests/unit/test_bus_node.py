@@ -147,11 +147,12 @@ def test_wrong_cluster_is_refused() -> None:
     assert stranger.links == {}
 
 
-def test_other_topology_is_refused() -> None:
-    """A peer whose topology file differs (same cluster, another tree) is refused."""
+def test_a_tree_naming_a_node_otherwise_is_refused() -> None:
+    """A peer whose file gives a shared node another id is refused: the same route
+    would mean different nodes on the two sides."""
     tree = BusTree()
-    grown = topology([*DEFAULT_TREE, ("c", "root")])
-    stranger = make_node(grown, "a", tree.clock)
+    shuffled = topology([("root", None), ("b", "root"), ("a", "root"), ("a1", "a")])
+    stranger = make_node(shuffled, "a", tree.clock)
 
     refused(tree, Link(tree["root"], None), Link(stranger, "root"))
 

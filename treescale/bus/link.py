@@ -4,9 +4,11 @@ A link only feeds bytes to the sans-IO `FrameDecoder` and writes what `encode` r
 What the frames mean is the node's business (`treescale.bus.node`).
 
 The handshake: each side sends HELLO first (cluster name, node name, protocol version,
-topology hash) and accepts nothing else until the peer's HELLO has been checked. A
-mismatch closes the link with a logged reason, since routes computed from different
-trees would deliver events to the wrong nodes.
+topology hash and version, and its tree's node table as payload) and accepts nothing
+else until the peer's HELLO has been checked. Two editions of the tree may link while
+an edit rolls out if every name means the same node in both; any other mismatch
+closes the link with a logged reason, since routes computed from trees that disagree
+would deliver events to the wrong nodes.
 
 Over TLS the link is the protocol inside `TLSMemoryBIOProtocol`: its HELLO waits
 in the TLS layer until the handshake completes, so a peer that fails the handshake
@@ -64,6 +66,8 @@ class Link(Protocol):
         self.node = node
         self.expected_peer = expected_peer
         self.peer: str | None = None
+        self.hello: Frame | None = None
+        """The peer's HELLO once accepted: checked again when our tree changes."""
         self.settings = node.link_settings
         self.clock: IReactorTime = node.clock
         self._decoder = FrameDecoder()
@@ -146,7 +150,9 @@ class Link(Protocol):
         if frame.kind != Kind.HELLO:
             self.abort(f"expected HELLO, got {frame.kind.name}")
             return
-        why, peer = self.node.check_hello(frame.meta, self.expected_peer)
+        why, peer = self.node.check_hello(
+            frame.meta, self.expected_peer, frame.payload
+        )
         if why is None and peer is not None:
             why = self.node.check_identity(peer, self.transport)
         if why:
@@ -154,6 +160,7 @@ class Link(Protocol):
             return
         assert peer is not None
         self.peer = peer
+        self.hello = frame
         if self._handshake_timer is not None and self._handshake_timer.active():
             self._handshake_timer.cancel()
         self._handshake_timer = None

@@ -48,6 +48,7 @@ from treescale.bus.link import PROTOCOL_VERSION, Link, LinkFactory, LinkSettings
 from treescale.bus.routing import RouteError, RouteTable, nth_prime
 from treescale.bus.tls import BusTls, peer_certificate
 from treescale.config import NodeConfig, Topology, is_loopback_host
+from treescale.topology_change import hello_nodes, link_refusal
 
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_LINK_SETTINGS = LinkSettings()
@@ -101,12 +102,15 @@ Handler = Callable[[Message], Awaitable[Message]]
 
 
 def topology_hash(topology: Topology) -> str:
-    """A digest of the tree's shape: nodes that disagree on it must not link."""
+    """A digest of the tree's shape and chunk size: nodes that agree on it link at
+    once; others only after `treescale.topology_change.link_refusal` found no
+    conflict."""
     shape = sorted(
         (node.name, node.id, node.parent or "", sorted(node.roles))
         for node in topology.nodes
     )
-    return hashlib.sha256(json.dumps([topology.cluster, shape]).encode()).hexdigest()
+    facts = [topology.cluster, topology.chunk_size, shape]
+    return hashlib.sha256(json.dumps(facts).encode()).hexdigest()
 
 
 @dataclass
@@ -174,6 +178,10 @@ class BusNode(MultiService):
         self.link_listeners: list[Callable[[str, bool], None]] = []
         # Called with the new topology after `apply_topology` took an edit.
         self.topology_listeners: list[Callable[[Topology], None]] = []
+        # Frames this node may take over rather than pass on (a chunk cache on
+        # the way, `treescale.store.transit`): by kind, a function given a frame
+        # from a neighbour that is not for us, saying whether it took it.
+        self.transit: dict[Kind, Callable[[Frame, str], bool]] = {}
         self._hash = topology_hash(topology)
         self._pending: dict[int, _Pending] = {}
         self._inbound: dict[int, _Inbound] = {}
@@ -184,14 +192,68 @@ class BusNode(MultiService):
         self._backoff = backoffPolicy(
             initialDelay=DIAL_INITIAL_DELAY, maxDelay=DIAL_MAX_DELAY
         )
-        if me.parent is not None:
-            dialer = ClientService(
-                self._parent_endpoint(topology.node(me.parent)),
-                LinkFactory(self, me.parent),
-                retryPolicy=self._dial_delay,
-                clock=clock,
-            )
-            dialer.setServiceParent(self)
+        self._dialer: ClientService | None = None
+        self._dial_parent()
+
+    def _dial_parent(self) -> None:
+        """Start dialling the parent the topology gives us, if we have one."""
+        if self.me.parent is None:
+            return
+        self._dialer = ClientService(
+            self._parent_endpoint(self.topology.node(self.me.parent)),
+            LinkFactory(self, self.me.parent),
+            retryPolicy=self._dial_delay,
+            clock=self.clock,
+        )
+        self._dialer.setServiceParent(self)
+
+    # Topology edits.
+
+    def apply_topology(self, topology: Topology) -> None:
+        """Route by an edited tree from now on, as a reload that passed
+        `treescale.topology_change.review_edit` asks.
+
+        Links to nodes that are no longer our neighbours, or whose tree can no
+        longer serve with the new one, are closed; a new or moved parent is
+        dialled; then every topology listener hears of the edit. Requests in
+        flight finish by the routes they left with.
+        """
+        me = topology.node(self.me.name)
+        old_parent = self._parent_config()
+        primes = {node.name: nth_prime(node.id) for node in topology.nodes}
+        routes = RouteTable(topology.parents, primes, me.name)
+
+        self.topology, self.me, self.routes = topology, me, routes
+        self._hash = topology_hash(topology)
+        if self._parent_config() != old_parent:
+            self._redial()
+        for peer, link in list(self.links.items()):
+            why = self._link_refusal(peer, link)
+            if why is not None:
+                link.abort(f"topology version {topology.version}: {why}")
+
+        for listener in self.topology_listeners:
+            listener(topology)
+
+    def _parent_config(self) -> NodeConfig | None:
+        return None if self.me.parent is None else self.topology.node(self.me.parent)
+
+    def _redial(self) -> None:
+        """Stop dialling the old parent (closing its link) and dial the new one."""
+        if self._dialer is not None:
+            self._dialer.disownServiceParent()
+            self._dialer = None
+        self._refused_dials = 0
+        self._dial_parent()
+
+    def _link_refusal(self, peer: str, link: Link) -> str | None:
+        """Why a live link has no place in our tree as it is now (None: it has)."""
+        if peer not in self.routes.neighbours:
+            return f"{peer} is no longer a neighbour of {self.me.name}"
+        if link.hello is None:
+            return None
+        why, _ = self.check_hello(link.hello.meta, peer, link.hello.payload)
+        return why
 
     def _parent_endpoint(self, parent: NodeConfig) -> IStreamClientEndpoint:
         endpoint: IStreamClientEndpoint = TCP4ClientEndpoint(
@@ -262,19 +324,25 @@ class BusNode(MultiService):
     # Handshake, called by links.
 
     def hello_frame(self) -> Frame:
+        """Our HELLO: who we are, and (in its payload) every node of our tree, so
+        a peer on another edition of the file can tell whether we can serve
+        together (`treescale.topology_change.link_refusal`)."""
         meta = {
             "cluster": self.topology.cluster,
             "node": self.me.name,
             "version": PROTOCOL_VERSION,
             "topology": self._hash,
+            "topology_version": self.topology.version,
+            "chunk_size": self.topology.chunk_size,
         }
-        return Frame(Kind.HELLO, self._new_id(), meta=meta)
+        nodes = json.dumps(hello_nodes(self.topology)).encode()
+        return Frame(Kind.HELLO, self._new_id(), meta=meta, payload=nodes)
 
     def heartbeat_frame(self) -> Frame:
         return Frame(Kind.HEARTBEAT, self._new_id())
 
     def check_hello(
-        self, meta: Mapping[str, Any], expected: str | None
+        self, meta: Mapping[str, Any], expected: str | None, payload: bytes = b""
     ) -> tuple[str | None, str | None]:
         """Why a peer's HELLO is refused (None when accepted), and the peer's name."""
         peer = meta.get("node")
@@ -282,15 +350,44 @@ class BusNode(MultiService):
             return f"peer is of cluster {meta.get('cluster')!r}", None
         if meta.get("version") != PROTOCOL_VERSION:
             return f"peer speaks bus version {meta.get('version')!r}", None
-        if meta.get("topology") != self._hash:
-            return f"peer {peer!r} has another topology file", None
         if not isinstance(peer, str):
             return "HELLO without a node name", None
+        if meta.get("topology") != self._hash:
+            why = self._other_edition(peer, meta, payload)
+            if why is not None:
+                return why, None
         if expected is not None and peer != expected:
             return f"dialled {expected!r} but {peer!r} answered", None
         if expected is None and self._parent_of(peer) != self.me.name:
             return f"{peer!r} is not a child of {self.me.name!r}", None
         return None, peer
+
+    def _other_edition(
+        self, peer: str, meta: Mapping[str, Any], payload: bytes
+    ) -> str | None:
+        """Why a peer whose tree differs from ours cannot link (None: it can, and
+        the node behind is named in the log)."""
+        try:
+            nodes = json.loads(payload) if payload else None
+        except ValueError:
+            nodes = None
+        why = link_refusal(self.topology, nodes, meta.get("chunk_size"))
+        theirs = meta.get("topology_version")
+        if why is not None:
+            return (
+                f"peer {peer!r} (topology version {theirs}) has a tree this node "
+                f"(version {self.topology.version}) cannot serve with: {why}"
+            )
+        if theirs != self.topology.version:
+            self.log.warn(
+                "bus peer {peer} runs topology version {theirs}, {node} runs "
+                "{ours}: linking while the edit rolls out; reload the one behind",
+                peer=peer,
+                theirs=theirs,
+                node=self.me.name,
+                ours=self.topology.version,
+            )
+        return None
 
     def check_identity(self, peer: str, transport: object) -> str | None:
         """Why a peer whose HELLO passed is refused on the certificate it showed on
@@ -709,6 +806,10 @@ class BusNode(MultiService):
         if forwards and came_from is not None and frame.hops <= 1:
             self.log.warn("dropped {kind}: hop limit reached", kind=frame.kind.name)
             forwards = {}
+        taker = self.transit.get(frame.kind)
+        if forwards and not deliver and came_from is not None and taker is not None:
+            if taker(frame, came_from):
+                return
         for peer, route in forwards.items():
             self._forward(peer, replace(frame, route=route, hops=frame.hops - 1), link)
         if deliver:

@@ -56,6 +56,15 @@ class ClusterStorage:
         self.records = RecordClient(
             bus, holders, topology.record_replicas, HybridClock(bus.me.id)
         )
+        bus.topology_listeners.append(self._topology_changed)
+
+    def _topology_changed(self, topology: Topology) -> None:
+        """Place new chunks and records by an edited tree; reads still search
+        every relay, so chunks not yet moved are found where they are."""
+        holders = holders_of(topology)
+        self.chunks.holders = holders
+        self.chunks.replicas = min(topology.replicas, len(holders))
+        self.records.use_holders(holders, topology.record_replicas)
 
     def relays_up(self) -> int:
         """How many store relays this node can reach now."""

@@ -300,6 +300,30 @@ class RecordClient:
         self.quorum = self.replicas // 2 + 1
         self.clock = clock
         self.timeout = timeout
+        self._earlier: tuple[list[Holder], int] | None = None
+
+    def use_holders(self, holders: Sequence[Holder], replicas: int) -> None:
+        """Place records on `holders` from now on, after a topology edit.
+
+        Until the relays have moved them, records still sit on their homes of the
+        placement before: reads ask those too and take the newest copy.
+        """
+        # Shortcoming: only the placement just before is remembered. Two edits in
+        # a row, the second before the relays moved the first's records, leave
+        # records on homes of neither; a read then misses them until the
+        # rebalance of the relays holding them has moved them on.
+        self._earlier = (self.holders, self.replicas)
+        self.holders = list(holders)
+        self.replicas = min(replicas, len(self.holders))
+        self.quorum = self.replicas // 2 + 1
+
+    def _earlier_replicas(self, key: str, current: list[str]) -> list[str]:
+        """The key's homes before the last edit that are not its homes now."""
+        if self._earlier is None:
+            return []
+        holders, replicas = self._earlier
+        names = [holder.name for holder in place(key, holders, replicas)]
+        return [name for name in names if name not in current]
 
     # Shortcoming: a record's replicas are fixed by placement, with no fallback:
     # while one of them is gone for good the record lives on the others only, and
@@ -315,7 +339,10 @@ class RecordClient:
         It answers as soon as a quorum has: a replica that is slow or frozen costs
         no time. A replica answering later with an older copy is repaired then.
         """
-        names = self._replicas(key)
+        homes = self._replicas(key)
+        # Right after an edit every copy counts, the old homes' too: wait for all.
+        earlier = self._earlier_replicas(key, homes)
+        names = homes + earlier
         newest: list[Stored] = []
         early_late: dict[str, Stored | None] = {}
 
@@ -327,7 +354,13 @@ class RecordClient:
                 self._repair(key, newest[0], [name])
 
         answers = await self._ask_quorum(
-            names, Kind.RECORD_GET, {"key": key}, b"", MAX_RECORD_SIZE, late
+            names,
+            Kind.RECORD_GET,
+            {"key": key},
+            b"",
+            MAX_RECORD_SIZE,
+            late,
+            enough=len(names) if earlier else None,
         )
         if len(answers) < self.quorum:
             raise StorageUnavailable(
@@ -342,7 +375,7 @@ class RecordClient:
             return None
         newest.append(max(known, key=lambda copy: copy.version))
         self.clock.observe(newest[0].version)
-        stale = [n for n, copy in copies.items() if copy != newest[0]]
+        stale = [n for n, copy in copies.items() if copy != newest[0] and n in homes]
         if stale:
             self._repair(key, newest[0], stale)
         return newest[0].value

@@ -50,7 +50,9 @@ class TreescaleNodeMaker:
             fail_start(f"no --config given and {path.resolve()} does not exist")
         try:
             topology = load(path, options["data-dir"])
-            service = make_process_service(topology, options["nodes"], reactor)
+            service = make_process_service(
+                topology, options["nodes"], reactor, options["data-dir"]
+            )
         except (ConfigError, ValueError) as e:
             fail_start(str(e))
         if topology.log.format != "json":
