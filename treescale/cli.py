@@ -75,6 +75,7 @@ from treescale.bus.certs import (
 )
 from treescale.bus.tls import plain_bus_refusal
 from treescale.bus.tls_settings import check_tls_names, node_identity
+from treescale.cli_reload import add_reload
 from treescale.config import ConfigError, NodeConfig, Topology, load
 from treescale.durable import fsync_folder
 from treescale.ops.health import relays_needed
@@ -147,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_htpasswd(commands)
     _add_config_reference(commands)
     _add_gc(commands)
+    add_reload(commands)
     _add_not_yet(commands)
     return parser
 

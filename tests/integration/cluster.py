@@ -163,7 +163,9 @@ def _toml_string(value: str) -> str:
     return json.dumps(value)
 
 
-def _node_table(topology: Topology, name: str, node_id: int) -> list[str]:
+def _node_table(
+    topology: Topology, name: str, node_id: int, drain: bool = False
+) -> list[str]:
     """The ``[[node]]`` table of one node, as lines."""
     lines = [
         "[[node]]",
@@ -180,6 +182,8 @@ def _node_table(topology: Topology, name: str, node_id: int) -> list[str]:
             'roles = ["store"]',
             f"domain = {_toml_string(name.removeprefix('relay-'))}",
         ]
+    if drain:
+        lines.append("drain = true")
     return lines
 
 
@@ -204,26 +208,73 @@ def write_topology(
         bus_ports=dict(zip(names, bus_ports, strict=True)),
         relays=tuple(relays),
     )
+    directory.mkdir(parents=True, exist_ok=True)
+    topology.data_dir.mkdir(exist_ok=True)
+    _write_file(topology, chunk_size=chunk_size, extra=extra)
+    return topology
 
+
+def edit_topology(
+    topology: Topology,
+    *,
+    relays: Sequence[str],
+    version: int,
+    draining: Sequence[str] = (),
+    chunk_size: int = TEST_CHUNK_SIZE,
+    extra: str = "",
+) -> Topology:
+    """Rewrite a tree's file as an operator editing it would: relays kept keep
+    their ports and ids, new ones get fresh ports and ids after the highest."""
+    new = [name for name in relays if name not in topology.bus_ports]
+    ports = dict(topology.bus_ports)
+    ports.update(zip(new, free_ports(len(new)), strict=True))
+    edited = Topology(
+        path=topology.path,
+        data_dir=topology.data_dir,
+        http_port=topology.http_port,
+        bus_ports=ports,
+        relays=tuple(relays),
+    )
+    _write_file(
+        edited,
+        chunk_size=chunk_size,
+        extra=extra,
+        version=version,
+        draining=draining,
+    )
+    return edited
+
+
+def _write_file(
+    topology: Topology,
+    *,
+    chunk_size: int,
+    extra: str,
+    version: int = 1,
+    draining: Sequence[str] = (),
+) -> None:
+    """Write `topology` to its file; a node's id is its place among every node
+    the tree has had (its bus ports are kept in that order)."""
     lines = [
         "[cluster]",
         f'name = "test-{os.getpid()}"',
+        f"version = {version}",
         f"data_dir = {_toml_string(str(topology.data_dir))}",
         f"chunk_size = {chunk_size}",
         f"replicas = {REPLICAS}",
         "record_replicas = 3",
         "window = 8",
     ]
-    for node_id, name in enumerate(names, start=1):
-        lines += ["", *_node_table(topology, name, node_id)]
+    ids = {name: number for number, name in enumerate(topology.bus_ports, start=1)}
+    for name in topology.nodes:
+        lines += ["", *_node_table(topology, name, ids[name], name in draining)]
 
     if extra:
         lines += ["", extra]
 
-    directory.mkdir(parents=True, exist_ok=True)
-    topology.data_dir.mkdir(exist_ok=True)
-    topology.path.write_text("\n".join(lines) + "\n")
-    return topology
+    temporary = topology.path.with_suffix(".tmp")
+    temporary.write_text("\n".join(lines) + "\n")
+    temporary.replace(topology.path)
 
 
 class Cluster:
@@ -290,6 +341,17 @@ class Cluster:
                 stdout=output,
                 stderr=subprocess.STDOUT,
             )
+
+    def send_signal(self, name: str, signum: int) -> None:
+        """Send node `name`'s process a signal (SIGHUP reloads its topology)."""
+        process = self._processes.get(name)
+        if process is None or process.poll() is not None:
+            raise ServerError(f"node {name!r} is not running")
+        process.send_signal(signum)
+
+    def pid(self, name: str) -> int:
+        """Node `name`'s process id."""
+        return self._processes[name].pid
 
     def stop_node(
         self, name: str, *, kill: bool = False, timeout: float = STOP_TIMEOUT
