@@ -447,10 +447,12 @@ def check_summary(topology: Topology) -> list[str]:
     stores = len(topology.stores)
     lines = [
         f"{topology.source}: valid",
-        f"cluster        {topology.cluster}, relays' data under {topology.data_dir}",
+        f"cluster        {topology.cluster}, topology version {topology.version}, "
+        f"relays' data under {topology.data_dir}",
         f"nodes          {_nodes_by_role(topology)}",
         f"tree           {_tree_shape(topology)}",
         f"copies         {_copies(topology)}",
+        *_draining(topology),
         f"ready          a registry node needs "
         f"{relays_needed(stores, topology.replicas, topology.record_replicas)} of "
         f"{stores} store relays",
@@ -462,6 +464,14 @@ def check_summary(topology: Topology) -> list[str]:
         f"log            {topology.log.format}",
     ]
     return lines
+
+
+def _draining(topology: Topology) -> list[str]:
+    """A line naming the draining relays, when there are any."""
+    names = [node.name for node in topology.stores if node.drain]
+    if not names:
+        return []
+    return [f"draining       {', '.join(names)}: no new chunks, theirs move away"]
 
 
 def _nodes_by_role(topology: Topology) -> str:

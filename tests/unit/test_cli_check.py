@@ -158,3 +158,18 @@ def test_subcommands_not_built_yet_say_so(
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.startswith(f"treescale {command}: not available yet: ")
+
+
+def test_version_and_draining_relays_are_shown(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The summary names the topology's version and the relays that drain."""
+    text = "[cluster]\nversion = 7\n" + NODES.replace(
+        'domain = "rack-2"', 'domain = "rack-2"\ndrain = true'
+    )
+
+    assert main(["check", str(write(tmp_path / "t.toml", text))]) == 0
+
+    summary = summary_of(capsys.readouterr().out)
+    assert "topology version 7" in summary["cluster"]
+    assert summary["draining"].startswith("leaf: no new chunks")
