@@ -104,3 +104,32 @@ def test_re_parenting_moves_the_link() -> None:
     assert "a1" in tree["b"].links
     assert tree["a1"].me.parent == "b"
     assert tree["root"].routes.next_hop("a1") == "b"
+
+
+def test_a_node_dials_again_only_when_its_parent_moves() -> None:
+    """A weight edit leaves the dialler alone; the parent's new address does not."""
+    tree = BusTree()
+    child = tree["a"]
+    dialer = child._dialer
+    weighted = edition(version=2)
+    weighted = replace(
+        weighted,
+        nodes=tuple(
+            replace(n, weight=3.0) if n.name == "a" else n for n in weighted.nodes
+        ),
+    )
+
+    child.apply_topology(weighted)
+    assert child._dialer is dialer
+
+    root = weighted.node("root")
+    moved = replace(
+        weighted,
+        nodes=tuple(
+            replace(n, bus=replace(root.bus, port=7999)) if n.name == "root" else n
+            for n in weighted.nodes
+        ),
+        version=3,
+    )
+    child.apply_topology(moved)
+    assert child._dialer is not dialer and child._dialer is not None

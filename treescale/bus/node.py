@@ -47,7 +47,7 @@ from treescale.bus.frames import PIECE_SIZE, Flag, Frame, FrameError, Kind
 from treescale.bus.link import PROTOCOL_VERSION, Link, LinkFactory, LinkSettings
 from treescale.bus.routing import RouteError, RouteTable, nth_prime
 from treescale.bus.tls import BusTls, peer_certificate
-from treescale.config import NodeConfig, Topology, is_loopback_host
+from treescale.config import Address, NodeConfig, Topology, is_loopback_host
 from treescale.topology_change import hello_nodes, link_refusal
 
 DEFAULT_TIMEOUT = 30.0
@@ -235,8 +235,11 @@ class BusNode(MultiService):
         for listener in self.topology_listeners:
             listener(topology)
 
-    def _parent_config(self) -> NodeConfig | None:
-        return None if self.me.parent is None else self.topology.node(self.me.parent)
+    def _parent_config(self) -> tuple[str, Address] | None:
+        """Whom we dial, and where: a change of either means dialling again."""
+        if self.me.parent is None:
+            return None
+        return self.me.parent, self.topology.node(self.me.parent).bus
 
     def _redial(self) -> None:
         """Stop dialling the old parent (closing its link) and dial the new one."""
