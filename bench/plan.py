@@ -3,8 +3,10 @@
 The full run is the issue's: layers of 5, 50, 300 and 1000 MB; links of 100 and
 400 Mbit/s; the reference behind one link, fetched as one stream and as parallel
 ranges; treescale with 1 to 4 relays, each behind its own link; a sweep of 1 to 8
-relays and of 1 to 20 concurrent pulls; then loopback, push and pull. ``--smoke``
-keeps every kind of case but makes it small: a few seconds of transfers, one rate.
+relays and of 1 to 20 concurrent pulls; 8 registry nodes behind one relay with a
+chunk cache, pulling one 300 MB layer at once; then loopback, push and pull.
+``--smoke`` keeps every kind of case but makes it small: a few seconds of
+transfers, one rate.
 """
 
 import argparse
@@ -17,7 +19,7 @@ from bench.network import MAX_RELAYS, rate_bits_per_s
 MB = 1_000_000
 MIB = 1024 * 1024
 
-PHASES = ("link", "relays", "concurrency", "loopback")
+PHASES = ("link", "relays", "concurrency", "fanout", "loopback")
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,14 @@ class Plan:
     concurrency_size: int
     concurrency_relays: int
     range_parts: int
+    fanout_registries: int
+    """Registry nodes behind the hub relay in the fanout case."""
+    fanout_size: int
+    fanout_relays: int
+    """Store relays behind their links, above the hub."""
+    fanout_rate: str
+    fanout_cache: int
+    """The hub's cache_size, bytes."""
     runs: int | None
     """Runs of every case; None: 3 for layers up to 300 MB, 1 above."""
     phases: tuple[str, ...]
@@ -58,6 +68,8 @@ class Plan:
             sizes.add(self.sweep_size)
         if "concurrency" in self.phases:
             sizes.add(self.concurrency_size)
+        if "fanout" in self.phases:
+            sizes.add(self.fanout_size)
         return tuple(sorted(sizes))
 
     def trees(self) -> tuple[int, ...]:
@@ -140,7 +152,7 @@ def rate_list(text: str) -> tuple[str, ...]:
 
 
 def phase_list(text: str) -> tuple[str, ...]:
-    """Which parts run: any of ``link,relays,concurrency,loopback``."""
+    """Which parts run: any of ``link,relays,concurrency,fanout,loopback``."""
     phases = tuple(item.strip() for item in text.split(",") if item.strip())
     unknown = set(phases) - set(PHASES)
     if unknown or not phases:
@@ -165,6 +177,11 @@ def parser() -> argparse.ArgumentParser:
     add("--concurrency-size", type=float, help="layer pulled at once, MB (50)")
     add("--concurrency-relays", type=int, help="relays of that sweep (3)")
     add("--range-parts", type=int, help="ranges of a parallel fetch (4)")
+    add("--fanout-registries", type=int, help="registry nodes behind the hub (8)")
+    add("--fanout-size", type=float, help="layer they pull at once, MB (300)")
+    add("--fanout-relays", type=int, help="store relays above the hub (3)")
+    add("--fanout-rate", type=rate_list, help="those relays' links (100mbit)")
+    add("--fanout-cache-mb", type=float, help="the hub's chunk cache, MiB (256)")
     add("--runs", type=int, help="runs of each case (3 up to 300 MB, else 1)")
     add("--phases", type=phase_list, help=f"parts to run (all: {','.join(PHASES)})")
     add("--chunk-mb", type=float, help="override the tree's chunk size, MiB")
@@ -186,6 +203,11 @@ FULL = Plan(
     concurrency_size=50 * MB,
     concurrency_relays=3,
     range_parts=4,
+    fanout_registries=8,
+    fanout_size=300 * MB,
+    fanout_relays=3,
+    fanout_rate="100mbit",
+    fanout_cache=256 * MIB,
     runs=None,
     phases=PHASES,
     chunk_size=None,
@@ -206,6 +228,10 @@ SMOKE = replace(
     sweep_size=9 * MB,
     concurrency=(1, 4),
     concurrency_size=9 * MB,
+    fanout_registries=2,
+    fanout_size=9 * MB,
+    fanout_relays=2,
+    fanout_rate="400mbit",
     runs=1,
     smoke=True,
 )
@@ -219,6 +245,8 @@ PLAIN_OPTIONS = (
     "concurrency",
     "concurrency_relays",
     "range_parts",
+    "fanout_registries",
+    "fanout_relays",
     "runs",
     "phases",
     "window",
@@ -233,13 +261,17 @@ def plan_from(arguments: argparse.Namespace) -> Plan:
         for name in PLAIN_OPTIONS
         if getattr(arguments, name) is not None
     }
-    for name in ("sweep_size", "concurrency_size"):
+    for name in ("sweep_size", "concurrency_size", "fanout_size"):
         if getattr(arguments, name) is not None:
             changes[name] = int(getattr(arguments, name) * MB)
     if arguments.tls_bus:
         changes["tls"] = True
     if arguments.chunk_mb is not None:
         changes["chunk_size"] = int(arguments.chunk_mb * MIB)
+    if arguments.fanout_rate is not None:
+        changes["fanout_rate"] = arguments.fanout_rate[0]
+    if arguments.fanout_cache_mb is not None:
+        changes["fanout_cache"] = int(arguments.fanout_cache_mb * MIB)
     return replace(SMOKE if arguments.smoke else FULL, **changes)
 
 
@@ -248,8 +280,10 @@ def parse(argv: Sequence[str]) -> tuple[Plan, argparse.Namespace]:
     commands = parser()
     arguments = commands.parse_args(argv)
     plan = plan_from(arguments)
-    if max(plan.trees(), default=1) > MAX_RELAYS:
+    if max(*plan.trees(), plan.fanout_relays, 1) > MAX_RELAYS:
         commands.error(f"at most {MAX_RELAYS} relays")
+    if plan.fanout_registries < 1 or plan.fanout_relays < 1:
+        commands.error("--fanout-registries and --fanout-relays must be positive")
     if plan.range_parts < 1 or (plan.runs is not None and plan.runs < 1):
         commands.error("--range-parts and --runs must be positive")
     return plan, arguments

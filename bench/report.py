@@ -30,6 +30,11 @@ TARGET_STREAM_RATIO = 2.7
 TARGET_RANGES_RATIO = 2.5
 TARGET_RSS_MIB = 200.0
 TARGET_RSS_SIZE = 1_000_000_000
+# Registry nodes behind one relay with a chunk cache (the fanout case).
+TARGET_FANOUT_SENT = 1.1
+"""Most the store relays may send, as a multiple of the layer, for all at once."""
+TARGET_FANOUT_SLOWDOWN = 1.5
+"""Most any of those pulls may take, as a multiple of a lone pull's time."""
 
 
 def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
@@ -317,6 +322,7 @@ def targets_section(measurements: Sequence[Measurement]) -> list[str]:
             and m.relays == TARGET_RELAYS
             and m.clients == 1
             and near(m.size, TARGET_SIZE)
+            and m.phase in ("link", "relays")
         ]
         if not candidates:
             continue
@@ -341,6 +347,7 @@ def targets_section(measurements: Sequence[Measurement]) -> list[str]:
                 f"- loopback {word}: treescale at {worst[0]:.2f}x the reference at "
                 f"worst ({megabytes(worst[1])}; target 1x): {verdict(worst[0] >= 1)}"
             )
+    lines += fanout_targets(measurements)
     big = [
         m for m in measurements if m.server == TREESCALE and m.size >= TARGET_RSS_SIZE
     ]
@@ -352,6 +359,98 @@ def targets_section(measurements: Sequence[Measurement]) -> list[str]:
             f"{verdict(peak < TARGET_RSS_MIB)}"
         )
     return [*lines, ""]
+
+
+def fanout_pair(
+    measurements: Sequence[Measurement],
+) -> tuple[Measurement, Measurement] | None:
+    """The fanout case's lone pull and its pull by every registry node at once."""
+    cases = [m for m in measurements if m.phase == "fanout"]
+    lone = next((m for m in cases if m.clients == 1), None)
+    crowd = next((m for m in cases if m.clients > 1), None)
+    return None if lone is None or crowd is None else (lone, crowd)
+
+
+def sent_over_layer(measurement: Measurement) -> float:
+    """MB over the store relays' links per layer a run moved over them."""
+    layers = measurement.size * measurement.runs / 1e6
+    return sum(measurement.link_mb) / layers
+
+
+def slowest_over_lone(lone: Measurement, crowd: Measurement) -> float:
+    """The slowest pull of the crowd over the median lone pull."""
+    slowest = max(crowd.pull_seconds, default=crowd.median_seconds)
+    return slowest / lone.median_seconds
+
+
+def fanout_targets(measurements: Sequence[Measurement]) -> list[str]:
+    """The fanout case's two targets, when it ran."""
+    pair = fanout_pair(measurements)
+    if pair is None:
+        return []
+    lone, crowd = pair
+    sent, slowdown = sent_over_layer(crowd), slowest_over_lone(lone, crowd)
+    where = (
+        f"{crowd.clients} registry nodes behind one relay pulling "
+        f"{megabytes(crowd.size)} at once ({crowd.relays} store relays behind "
+        f"{crowd.rate} links)"
+    )
+    return [
+        f"- {where}: the store relays sent {sent:.2f}x the layer (target at most "
+        f"{TARGET_FANOUT_SENT}x): {verdict(sent <= TARGET_FANOUT_SENT)}",
+        f"- {where}: the slowest pull took {slowdown:.2f}x a lone pull's time "
+        f"(target at most {TARGET_FANOUT_SLOWDOWN}x): "
+        f"{verdict(slowdown <= TARGET_FANOUT_SLOWDOWN)}",
+    ]
+
+
+def fanout_section(measurements: Sequence[Measurement]) -> list[str]:
+    """The lone pull and the crowd's, with what crossed the links and the hub's cost."""
+    pair = fanout_pair(measurements)
+    if pair is None:
+        return []
+    lone, crowd = pair
+    rows = []
+    for m in (lone, crowd):
+        pulls = m.pull_seconds or m.seconds
+        registries = [name for name in m.cpu_s if name.startswith("registry-")]
+        rows.append(
+            [
+                "one registry node alone" if m is lone else f"{m.clients} at once",
+                f"{min(pulls):.1f} to {max(pulls):.1f}",
+                f"{max(pulls) / lone.median_seconds:.2f}x",
+                f"{sum(m.link_mb):.0f}",
+                f"{sent_over_layer(m):.2f}x",
+                rss_cell(
+                    (m.peak_rss_mib.get("hub", 0.0), m.rss_before_mib.get("hub", 0.0))
+                ),
+                f"{m.cpu_s.get('hub', 0.0):.1f}",
+                f"{sum(m.cpu_s[name] for name in registries):.1f}",
+                f"{m.client_cpu_s:.1f}",
+                str(m.runs),
+            ]
+        )
+    return [
+        f"### {crowd.rate} links, {crowd.relays} store relays, hub with a chunk cache, "
+        f"{megabytes(crowd.size)} layer",
+        "",
+        *table(
+            [
+                "case",
+                "seconds of each pull",
+                "slowest x lone",
+                "MB over the relays' links",
+                "x layer",
+                "hub peak RSS MiB (at start)",
+                "hub CPU s",
+                "registry nodes CPU s",
+                "client CPU s",
+                "runs",
+            ],
+            rows,
+        ),
+        "",
+    ]
 
 
 def loopback_worst(
@@ -395,6 +494,11 @@ def render(
         lambda: ["## Behind links", "", *links_section(measurements, range_parts)],
         lambda: ["## Relay sweep", "", *sweep_section(measurements, sweep_size)],
         lambda: ["## Concurrent pulls", "", *concurrency_section(measurements)],
+        lambda: [
+            "## Registry nodes behind one relay",
+            "",
+            *fanout_section(measurements),
+        ],
         lambda: ["## Loopback", "", *loopback_section(measurements)],
     ]
     lines = ["# Pull benchmark", "", *context_lines, ""]

@@ -47,6 +47,9 @@ class Measurement:
     client_cpu_s: float = 0.0
     link_mb: list[float] = field(default_factory=list)
     """Per relay link: MB received over it, summed over the runs."""
+    pull_seconds: list[float] = field(default_factory=list)
+    """Each client's own pull, in seconds, over the runs: for cases whose
+    clients pull from different registry nodes (phase ``fanout``)."""
 
     @property
     def runs(self) -> int:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from bench import client, profiling
+from bench import client, fanout, profiling
 from bench.client import Registry
 from bench.layers import (
     Layer,
@@ -112,6 +112,8 @@ class Bench:
             self.make_layers()
             if {"link", "relays", "concurrency"} & set(self.plan.phases):
                 self.behind_links()
+            if "fanout" in self.plan.phases:
+                fanout.run_case(self)
             if "loopback" in self.plan.phases:
                 self.on_loopback()
         finally:
@@ -389,8 +391,13 @@ class Bench:
         links: Sequence[Link] = (),
         runs: int | None = None,
         profile_as: str | None = None,
+        pull_seconds: Sequence[float] = (),
     ) -> Measurement:
-        """Run one case, every run watched; keep and print its measurement."""
+        """Run one case, every run watched; keep and print its measurement.
+
+        `pull_seconds` is filled by the transfers when each client's own time
+        is wanted too (the fanout case), and kept with the measurement.
+        """
         seconds: list[float] = []
         costs: list[Cost] = []
         for run in range(runs or self.plan.runs_for(size)):
@@ -419,6 +426,7 @@ class Bench:
             },
             client_cpu_s=sum(cost.client_cpu_s for cost in costs),
             link_mb=[sum(mbs) for mbs in zip(*(c.link_mb for c in costs), strict=True)],
+            pull_seconds=list(pull_seconds),
         )
         self.measurements.append(measurement)
         self.say(describe(measurement))

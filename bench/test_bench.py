@@ -154,3 +154,55 @@ def test_collapsed_stacks_sum_by_self_and_inclusive_samples() -> None:
     assert dict(summary.top_self) == {"write (tcp.py)": 3, "hash (digests.py)": 2}
     assert dict(summary.top_total)["run (reactor.py)"] == 5
     assert dict(summary.top_total)["hash (digests.py)"] == 2
+
+
+def fanout_cases(
+    sent_mb: float, pulls: list[float], size: int = 100_000_000
+) -> list[Measurement]:
+    """A fanout case's lone pull in 10 s (sending 100 MB) and its crowd of pulls."""
+    common: dict[str, object] = {
+        "phase": "fanout",
+        "rate": "100mbit",
+        "relays": 3,
+        "size": size,
+    }
+    lone = measurement(TREESCALE, STREAM, 10.0, link_mb=[50.0, 50.0], **common)
+    crowd = measurement(
+        TREESCALE,
+        STREAM,
+        max(pulls),
+        clients=len(pulls),
+        link_mb=[sent_mb / 2, sent_mb / 2],
+        pull_seconds=pulls,
+        **common,
+    )
+    return [lone, crowd]
+
+
+def test_fanout_targets_are_relay_bytes_and_the_slowest_pull() -> None:
+    """The relays' bytes are read against the layer, the slowest pull against the
+    lone one: 105 MB for a 100 MB layer and 14 s against 10 s meet both."""
+    lines = report.targets_section(fanout_cases(105.0, [12.0, 14.0, 13.0]))
+    fanout = [line for line in lines if "behind one relay" in line]
+    assert len(fanout) == 2
+    assert "1.05x the layer" in fanout[0] and fanout[0].endswith(": met")
+    assert "1.40x a lone pull" in fanout[1] and fanout[1].endswith(": met")
+
+
+def test_fanout_targets_say_missed_past_them() -> None:
+    """Two layers' worth from the relays, or one pull at twice the lone time,
+    misses its target."""
+    lines = report.targets_section(fanout_cases(200.0, [12.0, 20.0]))
+    fanout = [line for line in lines if "behind one relay" in line]
+    assert all(line.endswith("**missed**") for line in fanout)
+
+
+def test_a_fanout_lone_pull_is_not_taken_for_the_main_target() -> None:
+    """The fanout case's lone pull of 3 relays does not stand in for the link
+    phase's 3-relay pull against the reference."""
+    cases = [
+        measurement(REFERENCE, STREAM, 8.0, size=300_000_000),
+        *fanout_cases(315.0, [12.0], size=300_000_000),
+    ]
+    lines = report.targets_section(cases)
+    assert not any("3 relays pull 300 MB" in line for line in lines)

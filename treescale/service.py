@@ -47,6 +47,8 @@ from treescale.registry.app import make_site as registry_site
 from treescale.reload import Reloader, reload_on_hangup
 from treescale.store.cluster import ClusterStorage
 from treescale.store.relay import Relay
+from treescale.store.transit import ChunkTransit, pooled_verify
+from treescale.store.waycache import ChunkCache
 from treescale.web.page import StatusPage
 from treescale.web.status import tree_status
 
@@ -107,6 +109,9 @@ def make_node_service(topology: Topology, node: NodeConfig, reactor: Any) -> Bus
             max_chunk=topology.chunk_size,
             scrub=topology.scrub,
         )
+    if node.cache_size > 0:
+        verify = pooled_verify(reactor, reactor.getThreadPool())
+        ChunkTransit(bus, ChunkCache(node.cache_size), verify)
     if node.is_registry:
         assert node.http is not None
         try:

@@ -18,7 +18,6 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.testing import StringTransport
 
 from tests.unit.bustest import (
-    DEFAULT_TREE,
     BusTree,
     failure,
     make_node,

@@ -809,14 +809,17 @@ class BusNode(MultiService):
         if forwards and came_from is not None and frame.hops <= 1:
             self.log.warn("dropped {kind}: hop limit reached", kind=frame.kind.name)
             forwards = {}
-        taker = self.transit.get(frame.kind)
-        if forwards and not deliver and came_from is not None and taker is not None:
-            if taker(frame, came_from):
-                return
+        if forwards and not deliver and self._taken_over(frame, came_from):
+            return
         for peer, route in forwards.items():
             self._forward(peer, replace(frame, route=route, hops=frame.hops - 1), link)
         if deliver:
             self._deliver(frame, came_from)
+
+    def _taken_over(self, frame: Frame, came_from: str | None) -> bool:
+        """Whether a transit handler took a neighbour's frame we would pass on."""
+        taker = self.transit.get(frame.kind)
+        return came_from is not None and taker is not None and taker(frame, came_from)
 
     def _forward(self, peer: str, frame: Frame, incoming: Link | None) -> None:
         out = self.links.get(peer)
