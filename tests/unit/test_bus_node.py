@@ -585,6 +585,26 @@ def test_route_of_zero_is_dropped_without_harm() -> None:
     assert success(d).meta["got"] == 0
 
 
+def test_a_pass_through_node_drops_a_request_speaking_for_another_side() -> None:
+    """b sends a1 a request claiming to come from a: root, the node between
+    them, sees that a is not on b's side and passes nothing on."""
+    tree = wired()
+    echo = Echo()
+    tree["a1"].handlers[Kind.CHUNK_HAS] = echo
+    frame = raw_request(tree, "b", "a1", 6)
+
+    forged = Frame(
+        frame.kind, 6, route=frame.route, flags=Flag.END, meta={"origin": "a"}
+    )
+    tree["b"].links["root"].send(forged)
+    tree.flush()
+
+    assert echo.calls == []
+    tree["b"].links["root"].send(raw_request(tree, "b", "a1", 7))
+    tree.flush()
+    assert [call.origin for call in echo.calls] == ["b"]
+
+
 def test_request_from_unknown_origin_is_dropped() -> None:
     """A request whose origin is not a node of the topology reaches no handler."""
     tree = wired()

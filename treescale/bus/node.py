@@ -88,6 +88,12 @@ class RemoteError(BusError, HandlerError):
     """
 
 
+# Kinds of frame that belong to a request already under way, or to the link.
+_NOT_REQUESTS = frozenset(
+    {Kind.REPLY, Kind.ERROR, Kind.DATA, Kind.CANCEL, Kind.HELLO, Kind.HEARTBEAT}
+)
+
+
 @dataclass(frozen=True)
 class Message:
     """A request as its handler sees it, or a reply as its requester sees it."""
@@ -809,12 +815,35 @@ class BusNode(MultiService):
         if forwards and came_from is not None and frame.hops <= 1:
             self.log.warn("dropped {kind}: hop limit reached", kind=frame.kind.name)
             forwards = {}
+        if forwards and self._forged_origin(frame, came_from):
+            self.log.warn(
+                "dropped {kind} from {peer} claiming origin {origin}",
+                kind=frame.kind.name,
+                peer=came_from,
+                origin=frame.meta.get("origin"),
+            )
+            return
         if forwards and not deliver and self._taken_over(frame, came_from):
             return
         for peer, route in forwards.items():
             self._forward(peer, replace(frame, route=route, hops=frame.hops - 1), link)
         if deliver:
             self._deliver(frame, came_from)
+
+    def _forged_origin(self, frame: Frame, came_from: str | None) -> bool:
+        """Whether a request from a neighbour names an origin that is not on that
+        neighbour's side of the tree.
+
+        The node a request is for checks this too (`_came_the_right_way`), but
+        only against the last link: a pass-through node is the one that can see
+        that a child claims to speak for a sibling.
+        """
+        if came_from is None or frame.kind in _NOT_REQUESTS:
+            return False
+        origin = frame.meta.get("origin")
+        if not isinstance(origin, str) or origin not in self.topology.parents:
+            return True
+        return not self._came_the_right_way(origin, came_from)
 
     def _taken_over(self, frame: Frame, came_from: str | None) -> bool:
         """Whether a transit handler took a neighbour's frame we would pass on."""
