@@ -832,25 +832,7 @@ def render_status(status: StatusView, ready: ReadyView, url: str) -> list[str]:
         )
     if all(_figures(node, status) == (None, None) for node in _stores(status)):
         lines.append("(chunks and bytes show '-' until the relays report them)")
-    if any(_seen_through_another(node, status) for node in status.tree):
-        lines.append(
-            "(a node without a direct link shows the state of the link toward it: "
-            "up there does not prove the node itself answers)"
-        )
     return lines
-
-
-def _seen_through_another(node: NodeView, status: StatusView) -> bool:
-    """Whether the node asked reports `node` up only from the link toward it.
-
-    The node's bus calls a node up when its next hop toward it is linked, so a
-    relay two hops away that has stopped still shows up.
-    """
-    return (
-        node.state == "up"
-        and node.name != status.node
-        and node.name not in status.links
-    )
 
 
 _COLUMNS = ("NODE", "ROLES", "DOMAIN", "WEIGHT", "STATE", "LINK", "CHUNKS", "BYTES")

@@ -111,16 +111,28 @@ def test_handshake_brings_every_edge_up() -> None:
     assert tree["a1"].reachable("b")
 
 
-def test_reachable_follows_the_first_hop() -> None:
-    """Reachable means the first hop toward a node is up; it sees no further."""
+def test_reachable_sees_every_link_on_the_way() -> None:
+    """A node is reachable when every link toward it is up: a1 behind a counts
+    only once a has linked it, and stops counting when that link drops."""
     tree = BusTree()
     tree.connect("a")
 
     assert tree["root"].reachable("root")
     assert tree["root"].reachable("a")
-    assert tree["root"].reachable("a1")
+    assert not tree["root"].reachable("a1")
     assert not tree["root"].reachable("b")
     assert not tree["root"].reachable("nobody")
+
+    tree.connect("a1")
+    tree.connect("b")
+    assert tree["root"].reachable("a1")
+    assert tree["b"].reachable("a1")
+    assert tree["a1"].reachable("b")
+
+    tree.cut("a1")
+    assert not tree["root"].reachable("a1")
+    assert not tree["b"].reachable("a1")
+    assert tree["root"].reachable("a")
 
 
 def refused(tree: BusTree, server: Link, client: Link) -> None:

@@ -140,7 +140,7 @@ class Link(Protocol):
         if self.peer is None:
             self._hello_received(frame)
         elif frame.kind == Kind.HEARTBEAT:
-            return
+            self.node.heartbeat_received(self.peer, frame)
         elif frame.kind == Kind.HELLO:
             self.abort("a second HELLO on an open link")
         else:
@@ -179,7 +179,7 @@ class Link(Protocol):
         if silent > self.settings.idle_timeout:
             self.abort(f"peer silent for {silent:.1f} s")
             return
-        self.send(self.node.heartbeat_frame())
+        self.send(self.node.heartbeat_frame(self.peer))
 
     def _stalled(self) -> None:
         self._stall_timer = None

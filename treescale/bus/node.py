@@ -189,6 +189,10 @@ class BusNode(MultiService):
         # from a neighbour that is not for us, saying whether it took it.
         self.transit: dict[Kind, Callable[[Frame, str], bool]] = {}
         self._hash = topology_hash(topology)
+        self._ids = {node.name: node.id for node in topology.nodes}
+        # Ids each neighbour says it leads to, and what we last told each.
+        self._reach: dict[str, frozenset[int]] = {}
+        self._told: dict[str, object] = {}
         self._pending: dict[int, _Pending] = {}
         self._inbound: dict[int, _Inbound] = {}
         self._seen: OrderedDict[int, None] = OrderedDict()
@@ -231,6 +235,7 @@ class BusNode(MultiService):
 
         self.topology, self.me, self.routes = topology, me, routes
         self._hash = topology_hash(topology)
+        self._ids = {node.name: node.id for node in topology.nodes}
         if self._parent_config() != old_parent:
             self._redial()
         for peer, link in list(self.links.items()):
@@ -238,6 +243,7 @@ class BusNode(MultiService):
             if why is not None:
                 link.abort(f"topology version {topology.version}: {why}")
 
+        self._tell_neighbours()
         for listener in self.topology_listeners:
             listener(topology)
 
@@ -347,8 +353,47 @@ class BusNode(MultiService):
         nodes = json.dumps(hello_nodes(self.topology)).encode()
         return Frame(Kind.HELLO, self._new_id(), meta=meta, payload=nodes)
 
-    def heartbeat_frame(self) -> Frame:
-        return Frame(Kind.HEARTBEAT, self._new_id())
+    # Reachability: which nodes each link leads to, told in heartbeats.
+
+    def heartbeat_frame(self, peer: str | None = None) -> Frame:
+        """A heartbeat for the link to `peer`, carrying the ids of every node that
+        can be reached through us from there (nothing of `peer`'s own side)."""
+        if peer is None:
+            return Frame(Kind.HEARTBEAT, self._new_id())
+        reach = sorted(self._reach_for(peer))
+        return Frame(Kind.HEARTBEAT, self._new_id(), meta={"reach": reach})
+
+    def _reach_for(self, peer: str) -> set[int]:
+        """Ids of the nodes a neighbour reaches through us: ourselves, and what
+        our other live links lead to."""
+        ids = {self.me.id}
+        for neighbour in self.links:
+            if neighbour != peer:
+                ids.add(self._ids.get(neighbour, 0))
+                ids |= self._reach.get(neighbour, frozenset())
+        ids.discard(0)
+        return ids
+
+    def heartbeat_received(self, peer: str, frame: Frame) -> None:
+        """Take a neighbour's word on what lies beyond it; pass changes on."""
+        reach = frame.meta.get("reach")
+        if not isinstance(reach, list):
+            return
+        ids = frozenset(item for item in reach if type(item) is int)
+        if self._reach.get(peer) == ids:
+            return
+        self._reach[peer] = ids
+        self._tell_neighbours()
+
+    def _tell_neighbours(self) -> None:
+        """Send a heartbeat at once to each neighbour whose view through us has
+        changed, so a link lost deep in the tree is known at the top in one trip
+        rather than at the next heartbeats."""
+        for name, link in list(self.links.items()):
+            frame = self.heartbeat_frame(name)
+            if self._told.get(name) != frame.meta["reach"]:
+                self._told[name] = frame.meta["reach"]
+                link.send(frame)
 
     def check_hello(
         self, meta: Mapping[str, Any], expected: str | None, payload: bytes = b""
@@ -449,6 +494,8 @@ class BusNode(MultiService):
             peer=peer,
             address=link.peer_address,
         )
+        self._told.pop(peer, None)
+        self._tell_neighbours()
         for listener in self.link_listeners:
             listener(peer, True)
 
@@ -459,6 +506,9 @@ class BusNode(MultiService):
         if self.links.get(peer) is not link:
             return
         del self.links[peer]
+        self._reach.pop(peer, None)
+        self._told.pop(peer, None)
+        self._tell_neighbours()
         self.log.warn("bus link down: {node} <-> {peer}", node=self.me.name, peer=peer)
         self._fail_requests_on(peer, LinkLost(f"link to {peer} lost"))
         self._forget_inbound_via(peer)
@@ -477,13 +527,17 @@ class BusNode(MultiService):
         return len(self._pending)
 
     def reachable(self, name: str) -> bool:
-        """Whether the link toward `name` is up (always true for this node)."""
+        """Whether every link on the way to `name` is up, as far as the nodes on
+        the way have told us (always true for this node)."""
         if name == self.me.name:
             return True
         try:
-            return self.routes.next_hop(name) in self.links
+            hop = self.routes.next_hop(name)
         except RouteError:
             return False
+        if hop not in self.links:
+            return False
+        return hop == name or self._ids.get(name, 0) in self._reach.get(hop, ())
 
     # Requests, the requester's side.
 
