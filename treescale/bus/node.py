@@ -358,6 +358,8 @@ class BusNode(MultiService):
     def heartbeat_frame(self, peer: str | None = None) -> Frame:
         """A heartbeat for the link to `peer`, carrying the ids of every node that
         can be reached through us from there (nothing of `peer`'s own side)."""
+        # Shortcoming: the ids travel in the frame's meta (16 KiB at most), which
+        # holds about 2000 of them; a larger tree would need them in the payload.
         if peer is None:
             return Frame(Kind.HEARTBEAT, self._new_id())
         reach = sorted(self._reach_for(peer))
