@@ -6,6 +6,7 @@ subcommand each.
     treescale certs TOPOLOGY --out DIR    the cluster's CA and a certificate per node
     treescale htpasswd FILE USER          add or replace a login (--delete removes it)
     treescale config-reference            the configuration reference, in Markdown
+    treescale rebalance [--wait]          keys moving after a topology edit, and left
 
 ``check`` loads the file exactly as a node does (`treescale.config.load`), adds the
 start-up check of a plain bus off loopback, and prints a summary: the cluster, its
@@ -18,7 +19,8 @@ the tree indented under its root: each node's roles, state, whether the node ask
 has a direct link to it, and its chunks and bytes (as its relay's last scrub pass
 counted them, ``-`` while unknown). Then come the relays up against the copies
 each chunk has, what the relays' scrubs found missing and re-created, readiness,
-and a table of each relay's scrub.
+and a table of each relay's scrub; then where the relays' rebalance stands, with
+a table of each relay's while one is under way.
 
 ``certs`` reads the topology file for the cluster's name and its nodes' names and
 writes, in DIR: ``ca.pem`` and ``ca.key`` (the CA), then ``NODE.pem`` and ``NODE.key``
@@ -36,12 +38,16 @@ mode 0600; an existing one keeps its mode and, where allowed, its owner.
 
 ``gc`` asks a registry node on this host to run a garbage collection (its
 ``/_treescale/gc`` answers local clients only) and prints the report.
-``rebalance`` is named so that an operator looking for it learns it does not exist
-yet: it says so and exits 2, doing nothing.
+``rebalance`` asks a registry node's ``/_treescale/status`` what each relay's
+rebalance has moved and has left for the placement the node places keys by, and
+prints it; with ``--wait`` it asks again every second, drawing a progress bar on a
+terminal (a line per change elsewhere), until every relay reports that placement
+with nothing left.
 
-Exit status: 0 done (``status``: the node is ready), 1 refused or not ready
-(files exist, the CA in DIR is unusable, a node not ready or not reachable), 2 a
-bad command line or topology file, or a subcommand that is not available yet.
+Exit status: 0 done (``status``: the node is ready; ``rebalance``: nothing left),
+1 refused or not ready (files exist, the CA in DIR is unusable, a node not ready
+or not reachable, a rebalance not done or not done within ``--timeout``), 2 a bad
+command line or topology file.
 """
 
 import argparse
@@ -57,6 +63,7 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from time import monotonic, sleep
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
@@ -100,12 +107,11 @@ DEFAULT_COST = 5
 MIN_COST = 4
 MAX_COST = 17
 
-NOT_YET = {
-    "rebalance": "moving chunks to the relays placement now chooses",
-}
-
 GC_PATH = "/_treescale/gc"
 DEFAULT_GC_TIMEOUT = 3600.0
+DEFAULT_REBALANCE_WAIT = 3600.0
+REBALANCE_POLL = 1.0
+"""Seconds between two questions of ``rebalance --wait``."""
 
 
 class Refused(Exception):
@@ -149,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_reference(commands)
     _add_gc(commands)
     add_reload(commands)
-    _add_not_yet(commands)
+    _add_rebalance(commands)
     return parser
 
 
@@ -296,10 +302,24 @@ def _add_gc(commands: Any) -> None:
     gc.set_defaults(run=run_gc_command)
 
 
-def _add_not_yet(commands: Any) -> None:
-    for name, what in NOT_YET.items():
-        command = commands.add_parser(name, help=f"{what}: not available yet")
-        command.set_defaults(run=run_not_yet)
+def _add_rebalance(commands: Any) -> None:
+    rebalance = commands.add_parser(
+        "rebalance",
+        help="show (or wait for) chunks and records moving after a topology edit",
+        description="Print what each relay's rebalance has moved and has left for "
+        "the placement the registry node places keys by. Exit status 0 when "
+        "nothing is left, 1 otherwise; with --wait, 1 only when --timeout passes "
+        "first.",
+    )
+    _add_node_address(
+        rebalance, DEFAULT_REBALANCE_WAIT, "the rebalance to end, with --wait"
+    )
+    rebalance.add_argument(
+        "--wait",
+        action="store_true",
+        help="ask again every second until every relay is done",
+    )
+    rebalance.set_defaults(run=run_rebalance)
 
 
 def _positive_days(text: str) -> int:
@@ -681,6 +701,10 @@ class StatusView:
     repair: Mapping[str, ScrubView | None] | None = None
     """Each store relay's last published scrub status (None: not published);
     None as a whole when the node gave no repair progress."""
+    placement: str | None = None
+    """The placement digest the node places keys by."""
+    rebalance: Mapping[str, "RebalanceView | None"] | None = None
+    """Each store relay's last published rebalance status, as `repair` is."""
 
 
 @dataclass(frozen=True)
@@ -723,6 +747,8 @@ def parse_status(body: bytes, where: str) -> StatusView:
             links=frozenset(_text(link) for link in _items(document.get("links", []))),
             tree=tuple(_node_view(entry) for entry in _items(document["tree"])),
             repair=_repair_views(document.get("repair")),
+            placement=_maybe_text(document.get("placement")),
+            rebalance=_rebalance_views(document.get("rebalance")),
         )
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise Refused(f"{where} is not a treescale status document ({e})") from e
@@ -751,6 +777,66 @@ def _scrub_view(entry: object) -> ScrubView | None:
         )
     except TypeError:
         return None
+
+
+@dataclass(frozen=True)
+class RebalanceView:
+    """What one relay's rebalance last published: the placement it works for,
+    its state, and what it has moved and has left."""
+
+    state: str
+    placement: str
+    chunks_moved: int
+    chunks_left: int
+    bytes_moved: int
+    bytes_left: int
+    records_moved: int
+    records_left: int
+    age: float | None
+
+    def done_for(self, placement: str | None) -> bool:
+        """Whether this relay holds nothing misplaced under `placement`."""
+        return (
+            self.placement == placement
+            and self.state == "idle"
+            and self.chunks_left == 0
+            and self.records_left == 0
+        )
+
+
+def _rebalance_views(value: object) -> dict[str, RebalanceView | None] | None:
+    """The relays' rebalance statuses; an entry that cannot be read counts as
+    none."""
+    if not isinstance(value, dict) or not isinstance(value.get("relays"), dict):
+        return None
+    return {
+        str(name): _rebalance_view(entry) for name, entry in value["relays"].items()
+    }
+
+
+def _rebalance_view(entry: object) -> RebalanceView | None:
+    if not isinstance(entry, dict):
+        return None
+    age = entry.get("age")
+    try:
+        return RebalanceView(
+            state=_text(entry.get("state")),
+            placement=_text(entry.get("placement")),
+            age=float(age) if isinstance(age, int | float) else None,
+            **{name: _count(entry.get(name)) for name in _REBALANCE_FIGURES},
+        )
+    except TypeError:
+        return None
+
+
+_REBALANCE_FIGURES = (
+    "chunks_moved",
+    "chunks_left",
+    "bytes_moved",
+    "bytes_left",
+    "records_moved",
+    "records_left",
+)
 
 
 def _counts(value: object) -> dict[str, int]:
@@ -805,6 +891,10 @@ def _maybe_count(value: object) -> int | None:
     return None if value is None else _count(value)
 
 
+def _maybe_text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
 def _items(value: object) -> list[Any]:
     if not isinstance(value, list):
         raise TypeError(f"{value!r} is not a list")
@@ -821,10 +911,13 @@ def render_status(status: StatusView, ready: ReadyView, url: str) -> list[str]:
         f"relays    {status.relays_up} of {status.relays} up",
         f"replicas  {replica_health(status.relays, status.relays_up, status.replicas)}",
         *_repair_summary(status.repair),
+        rebalance_summary(status.rebalance, status.placement),
         f"ready     {_readiness(ready)}",
     ]
     if status.repair:
         lines += ["", *_table(_SCRUB_COLUMNS, _scrub_rows(status.repair))]
+    if status.rebalance and not rebalance_done(status.rebalance, status.placement):
+        lines += ["", *rebalance_table(status.rebalance, status.placement)]
     if any(_figures_from_scrub(node, status) for node in status.tree):
         lines.append(
             "(chunks and bytes a relay did not report are those its last scrub "
@@ -836,6 +929,14 @@ def render_status(status: StatusView, ready: ReadyView, url: str) -> list[str]:
 
 
 _COLUMNS = ("NODE", "ROLES", "DOMAIN", "WEIGHT", "STATE", "LINK", "CHUNKS", "BYTES")
+_REBALANCE_HEADS = (
+    "CHUNKS_MOVED",
+    "CHUNKS_LEFT",
+    "BYTES_MOVED",
+    "BYTES_LEFT",
+    "RECORDS_MOVED",
+    "RECORDS_LEFT",
+)
 _RIGHT_ALIGNED = frozenset(
     {
         "WEIGHT",
@@ -847,6 +948,7 @@ _RIGHT_ALIGNED = frozenset(
         "MADE",
         "FAILED",
         "CORRUPT",
+        *_REBALANCE_HEADS,
     }
 )
 
@@ -963,6 +1065,67 @@ def _repair_counts(tables: Sequence[Mapping[str, int]]) -> str:
         f"{total('missing')} copies missing, {total('copied')} made, "
         f"{total('failed')} failed, {total('corrupt')} corrupt"
     )
+
+
+def rebalance_done(
+    relays: Mapping[str, RebalanceView | None], placement: str | None
+) -> bool:
+    """Whether every relay reports `placement` with nothing left to move."""
+    return placement is not None and all(
+        view is not None and view.done_for(placement) for view in relays.values()
+    )
+
+
+def rebalance_summary(
+    relays: Mapping[str, RebalanceView | None] | None, placement: str | None
+) -> str:
+    """One line: done, or what is left and where."""
+    if relays is None or placement is None:
+        return "rebalance not known: the node gave no rebalance progress"
+    if rebalance_done(relays, placement):
+        return f"rebalance done: every relay holds what placement {placement} homes"
+    views = [view for view in relays.values() if view is not None]
+    left = sum(view.chunks_left for view in views)
+    nbytes = sum(view.bytes_left for view in views)
+    records = sum(view.records_left for view in views)
+    moved = sum(view.chunks_moved for view in views)
+    behind = [
+        name
+        for name, view in relays.items()
+        if view is None or view.placement != placement or view.state != "idle"
+    ]
+    return (
+        f"rebalance {left} chunks ({_size(nbytes)}) and {records} records left, "
+        f"{moved} chunks moved; still working: {', '.join(behind) or 'none'}"
+    )
+
+
+def rebalance_table(
+    relays: Mapping[str, RebalanceView | None], placement: str | None
+) -> list[str]:
+    """One row per relay: its state, whether it works for `placement`, moved and
+    left."""
+    heads = ("REBALANCE", "STATE", "PLACEMENT", *_REBALANCE_HEADS, "UPDATED")
+    rows: list[tuple[str, ...]] = []
+    for relay, view in relays.items():
+        if view is None:
+            rows.append((relay, "unknown", *["-"] * (len(heads) - 2)))
+            continue
+        rows.append(
+            (
+                relay,
+                view.state,
+                "current" if view.placement == placement else view.placement,
+                str(view.chunks_moved),
+                str(view.chunks_left),
+                _size(view.bytes_moved),
+                _size(view.bytes_left),
+                str(view.records_moved),
+                str(view.records_left),
+                "-" if view.age is None else f"{view.age:.0f} s ago",
+            )
+        )
+    return _table(heads, rows)
 
 
 def _walk(tree: Sequence[NodeView]) -> list[tuple[NodeView, int]]:
@@ -1231,14 +1394,138 @@ def run_gc_command(args: argparse.Namespace, out: TextIO) -> int:
     return 1 if report["errors"] else 0
 
 
-def run_not_yet(args: argparse.Namespace, out: TextIO) -> int:
-    """``gc`` and ``rebalance``: say they do not exist yet, and do nothing."""
-    print(
-        f"{PROGRAM} {args.command}: not available yet: "
-        f"{NOT_YET[args.command]} is not built; nothing was done",
-        file=sys.stderr,
+def run_rebalance(args: argparse.Namespace, out: TextIO) -> int:
+    """``treescale rebalance``: where every relay's rebalance stands; with
+    ``--wait``, ask again until it is done or ``--timeout`` has passed."""
+    if args.wait:
+        return _wait_for_rebalance(args, out)
+    status = _ask_status(args.url, min(args.timeout, DEFAULT_TIMEOUT))
+    for line in _rebalance_report(status):
+        print(line, file=out)
+    return 0 if _still_working(status) is None else 1
+
+
+def _wait_for_rebalance(args: argparse.Namespace, out: TextIO) -> int:
+    """Ask every `REBALANCE_POLL` seconds, drawing progress, until done (0) or
+    until ``--timeout`` (`Refused`, saying what is left). A node that does not
+    answer once is asked again: it may be restarting."""
+    deadline = monotonic() + args.timeout
+    bar = ProgressBar(out)
+    status: StatusView | None = None
+    while True:
+        remaining = deadline - monotonic()
+        try:
+            status = _ask_status(args.url, max(0.1, min(remaining, DEFAULT_TIMEOUT)))
+            why = _still_working(status)
+        except Refused as e:
+            why = str(e)
+        fraction = None if status is None else rebalance_fraction(status)
+        if status is not None and why is None:
+            bar.end(fraction, "done")
+            break
+        if remaining <= 0:
+            bar.end(fraction, "")
+            if status is not None:
+                print(*_rebalance_report(status), sep="\n", file=out)
+            raise Refused(f"not done within {args.timeout:g} s: {why}")
+        bar.show(fraction, str(why) if status is None else _progress_words(status))
+        sleep(min(REBALANCE_POLL, max(0.0, remaining)))
+    print(*_rebalance_report(status), sep="\n", file=out)
+    return 0
+
+
+def _ask_status(url: BaseUrl, timeout: float) -> StatusView:
+    """The node's status document, parsed; `Refused` when it cannot be had."""
+    answer = http_get(url, STATUS_PATH, timeout)
+    if answer.status != 200:
+        raise Refused(
+            f"{url}{STATUS_PATH} answered {answer.status}: not a treescale "
+            "registry node?"
+        )
+    return parse_status(answer.body, f"{url}{STATUS_PATH}")
+
+
+def _still_working(status: StatusView) -> str | None:
+    """Why the rebalance is not done yet, in words; None when it is."""
+    if status.placement is None:
+        return "the node does not say which placement it uses"
+    if status.rebalance is None:
+        return "the node could not read the relays' progress"
+    if rebalance_done(status.rebalance, status.placement):
+        return None
+    return rebalance_summary(status.rebalance, status.placement)
+
+
+def _rebalance_report(status: StatusView) -> list[str]:
+    lines = [rebalance_summary(status.rebalance, status.placement)]
+    if status.rebalance:
+        lines += rebalance_table(status.rebalance, status.placement)
+    return lines
+
+
+def rebalance_fraction(status: StatusView) -> float | None:
+    """How much of the moving is done, by bytes: moved over moved and left,
+    over the relays that work for the node's placement; None before any has
+    counted what it must move."""
+    views = [
+        view
+        for view in (status.rebalance or {}).values()
+        if view is not None and view.placement == status.placement
+    ]
+    moved = sum(view.bytes_moved for view in views)
+    whole = moved + sum(view.bytes_left for view in views)
+    if not views or whole == 0:
+        return None
+    return moved / whole
+
+
+def _progress_words(status: StatusView) -> str:
+    views = [view for view in (status.rebalance or {}).values() if view]
+    left = sum(view.chunks_left for view in views)
+    records = sum(view.records_left for view in views)
+    working = sum(
+        1
+        for view in (status.rebalance or {}).values()
+        if view is None or not view.done_for(status.placement)
     )
-    return 2
+    return f"{left} chunks and {records} records left, {working} relays working"
+
+
+class ProgressBar:
+    """``rebalance --wait``'s progress: one line redrawn in place on a terminal,
+    elsewhere a plain line each time the words change."""
+
+    WIDTH = 30
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.terminal = out.isatty()
+        self._last = ""
+        self._drawn = False
+
+    def show(self, fraction: float | None, words: str) -> None:
+        line = self._line(fraction, words)
+        if self.terminal:
+            self.out.write("\r" + line.ljust(len(self._last)))
+            self._drawn = True
+        elif line != self._last:
+            self.out.write(line + "\n")
+        self.out.flush()
+        self._last = line
+
+    def end(self, fraction: float | None, words: str) -> None:
+        """Draw the last state and leave the line, so what follows starts anew."""
+        if self.terminal and self._drawn:
+            self.show(fraction, words)
+            self.out.write("\n")
+            self.out.flush()
+
+    def _line(self, fraction: float | None, words: str) -> str:
+        if fraction is None:
+            return f"[{'?' * self.WIDTH}]  ---%  {words}"
+        filled = round(fraction * self.WIDTH)
+        bar = "#" * filled + "-" * (self.WIDTH - filled)
+        return f"[{bar}] {fraction * 100:4.0f}%  {words}"
 
 
 if __name__ == "__main__":

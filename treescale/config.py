@@ -32,6 +32,10 @@ from treescale.ops.settings import (
     parse_notifications,
 )
 from treescale.registry.settings import RegistrySettings, parse_registry_settings
+from treescale.store.rebalance_settings import (
+    RebalanceSettings,
+    parse_rebalance_settings,
+)
 from treescale.store.scrub_settings import ScrubSettings, parse_scrub_settings
 
 __all__ = ["Address", "ConfigError", "NodeConfig", "Topology", "load", "parse"]
@@ -47,6 +51,7 @@ TOP_FIELDS = frozenset(
         "notifications",
         "log",
         "scrub",
+        "rebalance",
         "gc",
     }
 )
@@ -309,6 +314,7 @@ class Topology:
     )
     log: LogSettings = dataclasses.field(default_factory=LogSettings)
     scrub: ScrubSettings = dataclasses.field(default_factory=ScrubSettings)
+    rebalance: RebalanceSettings = dataclasses.field(default_factory=RebalanceSettings)
     gc: GcSettings = dataclasses.field(default_factory=GcSettings)
     tls: TlsSettings | None = None
     """The ``[tls]`` table; None leaves the bus plain TCP (loopback only)."""
@@ -406,6 +412,9 @@ def parse(
         log=parse_log(raw.get("log", {}), source),
         scrub=parse_scrub_settings(
             _table(raw.get("scrub", {}), source, None, "scrub"), source
+        ),
+        rebalance=parse_rebalance_settings(
+            _table(raw.get("rebalance", {}), source, None, "rebalance"), source
         ),
         gc=parse_gc_settings(_table(raw.get("gc", {}), source, None, "gc"), source),
     )

@@ -41,6 +41,7 @@ from treescale.bus.tls import BusTls, TlsUnusable, load_bus_tls, plain_bus_refus
 from treescale.config import ConfigError, NodeConfig, Topology
 from treescale.gc.endpoint import GcResource
 from treescale.ops.health import relays_needed
+from treescale.ops.metrics import ProgressFeed
 from treescale.ops.pages import node_ops
 from treescale.registry.app import Registry
 from treescale.registry.app import make_site as registry_site
@@ -49,6 +50,7 @@ from treescale.store.cluster import ClusterStorage
 from treescale.store.relay import Relay
 from treescale.store.transit import ChunkTransit, pooled_verify
 from treescale.store.waycache import ChunkCache
+from treescale.topology_change import placement_digest
 from treescale.web.page import StatusPage
 from treescale.web.status import tree_status
 
@@ -167,6 +169,14 @@ def make_site(bus: BusNode, topology: Topology, node: NodeConfig, reactor: Any) 
     )
     ops.metrics.watch_bus_pending(lambda: bus.pending_requests)
     bus.link_listeners.append(ops.metrics.link_changed)
+    progress = ProgressFeed(
+        reactor,
+        storage.repair_status,
+        storage.rebalance_status,
+        lambda: placement_digest(bus.topology),
+    )
+    ops.metrics.watch_progress(progress)
+    progress.setServiceParent(bus)  # type: ignore[no-untyped-call]
     storage.chunks.observer = ops.metrics
     registry = Registry(
         storage,
@@ -185,9 +195,7 @@ def make_site(bus: BusNode, topology: Topology, node: NodeConfig, reactor: Any) 
             storage, reactor, topology.gc, topology.registry.upload_idle_timeout
         ),
     }
-    site.resource = _WithStatus(
-        site.resource, bus, storage, reactor, tokens, pages
-    )
+    site.resource = _WithStatus(site.resource, bus, storage, reactor, tokens, pages)
     return site
 
 
@@ -267,17 +275,24 @@ class _WithStatus(Resource):
         return NOT_DONE_YET
 
     async def _status(self, request: Request) -> None:
-        """The tree's state, with every relay's repair progress when the records
-        answer within `STATUS_REPAIR_TIMEOUT` (else ``repair`` is null)."""
+        """The tree's state (with the ``placement`` digest it places keys by), with
+        every relay's repair and rebalance progress when the records answer within
+        `STATUS_REPAIR_TIMEOUT` (else ``repair`` or ``rebalance`` is null)."""
         status = tree_status(self.bus.topology, self.bus.me.name, self.bus.reachable)
         status["links"] = sorted(self.bus.links)
-        reading = Deferred.fromCoroutine(self.storage.repair_status(time.time()))
-        reading.addTimeout(STATUS_REPAIR_TIMEOUT, self.clock)
-        try:
-            status["repair"] = await reading
-        except Exception as e:  # a slow or failed record read leaves it out
-            log.info("status without repair progress: {why}", why=str(e))
-            status["repair"] = None
+        now = time.time()
+        readings = {
+            "repair": Deferred.fromCoroutine(self.storage.repair_status(now)),
+            "rebalance": Deferred.fromCoroutine(self.storage.rebalance_status(now)),
+        }
+        for reading in readings.values():
+            reading.addTimeout(STATUS_REPAIR_TIMEOUT, self.clock)
+        for name, reading in readings.items():
+            try:
+                status[name] = await reading
+            except Exception as e:  # a slow or failed record read leaves it out
+                log.info("status without {part} progress: {why}", part=name, why=str(e))
+                status[name] = None
         if request.finished or _client_gone(request):
             return
         request.setHeader(b"content-type", b"application/json")

@@ -47,6 +47,7 @@ from treescale.ops.settings import (
     NotificationSettings,
 )
 from treescale.registry.settings import RegistrySettings
+from treescale.store.rebalance_settings import RebalanceSettings
 from treescale.store.scrub_settings import SETTINGS_VARIABLE, ScrubSettings
 
 TITLE = "Configuration reference"
@@ -191,6 +192,15 @@ def sections() -> list[Section]:
             "object of these fields, overrides the table for the relays of one "
             "process.",
             dataclass_rows(ScrubSettings),
+        ),
+        Section(
+            "[rebalance]",
+            "rebalance",
+            "The background pass each store relay makes after a topology edit (a "
+            "relay added or removed, a weight, a domain or `drain` changed) and at "
+            "start: what it holds but placement no longer homes on it is copied to "
+            "its homes, and deleted here once every home holds it.",
+            dataclass_rows(RebalanceSettings),
         ),
         Section(
             "[gc]",

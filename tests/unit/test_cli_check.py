@@ -148,18 +148,6 @@ def test_a_missing_file_is_exit_2(
     assert "cannot read the file" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", ["rebalance"])
-def test_subcommands_not_built_yet_say_so(
-    command: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """rebalance does nothing, says it is not available yet, and exits 2."""
-    assert main([command]) == 2
-
-    captured = capsys.readouterr()
-    assert captured.out == ""
-    assert captured.err.startswith(f"treescale {command}: not available yet: ")
-
-
 def test_version_and_draining_relays_are_shown(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -88,8 +88,8 @@ def test_every_top_level_table_has_a_section() -> None:
 
 def test_a_new_top_level_table_without_a_section_is_refused() -> None:
     """A table the parser accepts but no section shows stops the reference."""
-    with pytest.raises(Undocumented, match=r"\[rebalance\]"):
-        check_top_tables(sections(), TOP_FIELDS | {"rebalance"})
+    with pytest.raises(Undocumented, match=r"\[quotas\]"):
+        check_top_tables(sections(), TOP_FIELDS | {"quotas"})
 
 
 def test_every_row_has_a_sentence_and_a_type() -> None:

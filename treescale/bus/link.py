@@ -150,9 +150,7 @@ class Link(Protocol):
         if frame.kind != Kind.HELLO:
             self.abort(f"expected HELLO, got {frame.kind.name}")
             return
-        why, peer = self.node.check_hello(
-            frame.meta, self.expected_peer, frame.payload
-        )
+        why, peer = self.node.check_hello(frame.meta, self.expected_peer, frame.payload)
         if why is None and peer is not None:
             why = self.node.check_identity(peer, self.transport)
         if why:

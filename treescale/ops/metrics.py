@@ -9,6 +9,11 @@
 # that fails leaves its metrics out of that scrape and is logged; it never breaks
 # the page.
 #
+# The repair and rebalance figures live in the relays' status records, which only
+# an asynchronous read over the bus gets. A scrape cannot wait for that, so a
+# `ProgressFeed` reads them every `interval` seconds and the scrape shows its last
+# reading: figures at most that old, and a scrape that never touches the bus.
+#
 # Labels take values from small, fixed sets only: routes, methods, status codes,
 # relay and endpoint names from the topology file. Never a repository, digest or
 # user, which would grow a series per value.
@@ -30,15 +35,17 @@
     treescale_relays_reachable, treescale_relays_needed
     treescale_bus_link_up{peer}, treescale_bus_link_changes_total{peer,state}
     treescale_bus_link_queued_bytes{peer}, treescale_bus_pending_requests
-    treescale_repair_*{relay}                                 (not fed yet: relays
-                                                              have no listener)
+    treescale_repair_*{relay}                                 each relay's scrub
+    treescale_rebalance_*{relay}                              each relay's rebalance
     treescale_notifications_{sent,failed,dropped}_total{endpoint,...}
     treescale_notifications_queued{endpoint}
     process_*, python_*                                       the standard ones
 """
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -55,6 +62,10 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 # Seconds, from a small manifest on loopback to a large layer over a slow link.
@@ -108,6 +119,22 @@ class RepairSnapshot:
     bytes_checked: int
     counts: Mapping[str, int] = field(default_factory=dict)
     """Totals since start, by result: see `REPAIR_RESULTS`."""
+
+
+@dataclass(frozen=True)
+class RebalanceSnapshot:
+    """Where one relay's rebalance stands, as its status record last said."""
+
+    relay: str
+    running: bool
+    current: bool
+    """Whether it works for the placement this node places keys by."""
+    chunks_moved: int
+    chunks_left: int
+    bytes_moved: int
+    bytes_left: int
+    records_moved: int
+    records_left: int
 
 
 def method_label(method: bytes | str) -> str:
@@ -387,6 +414,18 @@ class Metrics:
         """Each relay's repair progress: passes, chunks checked, what was found."""
         self._snapshots.watch(lambda: _repair_families(list(source())))
 
+    def watch_rebalance(
+        self, source: Callable[[], Iterable[RebalanceSnapshot]]
+    ) -> None:
+        """Each relay's rebalance progress: chunks, bytes and records moved and
+        left in its current pass."""
+        self._snapshots.watch(lambda: _rebalance_families(list(source())))
+
+    def watch_progress(self, feed: "ProgressFeed") -> None:
+        """The repair and rebalance figures of a `ProgressFeed`'s last reading."""
+        self.watch_repair(feed.repair)
+        self.watch_rebalance(feed.rebalance)
+
     # The page.
 
     def render(self, accept: str | None) -> tuple[bytes, str]:
@@ -447,6 +486,50 @@ def _repair_families(snapshots: list[RepairSnapshot]) -> list[Metric]:
     ]
 
 
+_REBALANCE_GAUGES = (
+    ("chunks_moved", "Chunks a relay's rebalance pass has moved to their homes."),
+    ("chunks_left", "Chunks a relay's rebalance pass still has to move."),
+    ("bytes_moved", "Bytes of chunks a relay's rebalance pass has moved."),
+    ("bytes_left", "Bytes of chunks a relay's rebalance pass still has to move."),
+    ("records_moved", "Records a relay's rebalance pass has moved."),
+    ("records_left", "Records a relay's rebalance pass still has to move."),
+)
+
+
+def _rebalance_families(snapshots: list[RebalanceSnapshot]) -> list[Metric]:
+    """The rebalance metrics of every relay, from one reading of their progress."""
+    families = [
+        _family(
+            False,
+            f"treescale_rebalance_{name}",
+            doc,
+            ["relay"],
+            {(s.relay,): float(getattr(s, name)) for s in snapshots},
+        )
+        for name, doc in _REBALANCE_GAUGES
+    ]
+    families.append(
+        _family(
+            False,
+            "treescale_rebalance_running",
+            "Whether a relay's rebalance pass is running now.",
+            ["relay"],
+            {(s.relay,): float(s.running) for s in snapshots},
+        )
+    )
+    families.append(
+        _family(
+            False,
+            "treescale_rebalance_current",
+            "Whether a relay's rebalance works for this node's placement (0: it "
+            "has not taken the latest topology edit yet).",
+            ["relay"],
+            {(s.relay,): float(s.current) for s in snapshots},
+        )
+    )
+    return families
+
+
 def _family(
     counter: bool, name: str, doc: str, labels: list[str], samples: Samples
 ) -> Metric:
@@ -488,3 +571,129 @@ class _Snapshots(Collector):
                 self.log.failure("a watched metric could not be read")
                 continue
             yield from families
+
+
+Reading = Callable[[float], Awaitable[Mapping[str, object]]]
+"""Reads the relays' status records (given the wall time now): the shape of
+`ClusterStorage.repair_status` and `ClusterStorage.rebalance_status`."""
+
+
+class ProgressFeed(Service):
+    """The relays' repair and rebalance progress, read every `interval` seconds
+    for the metrics (see the note at the top of this module).
+
+    A reading that fails keeps the one before, and is logged.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        read_repair: Reading,
+        read_rebalance: Reading,
+        placement: Callable[[], str],
+        interval: float = 15.0,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        """`placement` gives the placement digest this node places keys by."""
+        self.clock = clock
+        self.read_repair = read_repair
+        self.read_rebalance = read_rebalance
+        self.placement = placement
+        self.interval = interval
+        self.wall = wall
+        self.repair_document: Mapping[str, object] = {}
+        self.rebalance_document: Mapping[str, object] = {}
+        self._loop: LoopingCall | None = None
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        self._loop = LoopingCall(lambda: Deferred.fromCoroutine(self.read()))
+        self._loop.clock = self.clock
+        self._loop.start(self.interval, now=True).addErrback(
+            lambda failure: self.log.failure("progress feed stopped", failure)
+        )
+
+    def stopService(self) -> None:
+        super().stopService()  # type: ignore[no-untyped-call]
+        loop, self._loop = self._loop, None
+        if loop is not None and loop.running:
+            loop.stop()
+
+    async def read(self) -> None:
+        """One reading of both kinds of status records."""
+        now = self.wall()
+        for part, reading in (
+            ("repair", self.read_repair),
+            ("rebalance", self.read_rebalance),
+        ):
+            try:
+                document = await reading(now)
+            except Exception as e:  # a tree without a quorum: try next time
+                self.log.info(
+                    "metrics without fresh {part} progress: {why}", part=part, why=e
+                )
+                continue
+            setattr(self, f"{part}_document", document)
+
+    def repair(self) -> list[RepairSnapshot]:
+        return repair_snapshots(self.repair_document)
+
+    def rebalance(self) -> list[RebalanceSnapshot]:
+        return rebalance_snapshots(self.rebalance_document, self.placement())
+
+
+def repair_snapshots(document: Mapping[str, object]) -> list[RepairSnapshot]:
+    """The snapshots of a repair status document (`read_repair_status`'s shape);
+    relays that published nothing, or nothing readable, are left out."""
+    snapshots = []
+    for relay, status in _relay_statuses(document):
+        total = status.get("total")
+        counts = _whole_numbers(total if isinstance(total, dict) else {})
+        snapshots.append(
+            RepairSnapshot(
+                relay=relay,
+                running=status.get("state") == "scrubbing",
+                passes=_whole_numbers(status).get("passes", 0),
+                chunks_checked=counts.get("chunks", 0),
+                bytes_checked=counts.get("nbytes", 0),
+                counts={k: v for k, v in counts.items() if k in REPAIR_RESULTS},
+            )
+        )
+    return snapshots
+
+
+def rebalance_snapshots(
+    document: Mapping[str, object], placement: str
+) -> list[RebalanceSnapshot]:
+    """The snapshots of a rebalance status document (`read_rebalance_status`'s
+    shape), judged against this node's `placement`."""
+    snapshots = []
+    for relay, status in _relay_statuses(document):
+        figures = _whole_numbers(status)
+        snapshots.append(
+            RebalanceSnapshot(
+                relay=relay,
+                running=status.get("state") == "running",
+                current=status.get("placement") == placement,
+                **{name: figures.get(name, 0) for name, _ in _REBALANCE_GAUGES},
+            )
+        )
+    return snapshots
+
+
+def _relay_statuses(document: Mapping[str, object]) -> list[tuple[str, Any]]:
+    relays = document.get("relays")
+    if not isinstance(relays, dict):
+        return []
+    return [(str(r), s) for r, s in sorted(relays.items()) if isinstance(s, dict)]
+
+
+def _whole_numbers(table: Mapping[str, object]) -> dict[str, int]:
+    """The entries of a JSON table that are counts: whole, not negative."""
+    return {
+        name: value
+        for name, value in table.items()
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    }

@@ -24,6 +24,7 @@ from treescale.store.chunkclient import ChunkClient, ChunkSettings
 from treescale.store.digests import ALGORITHM, digest_of, sha256_digest
 from treescale.store.errors import BlobUnknown, StorageUnavailable
 from treescale.store.placement import holders_of
+from treescale.store.rebalance import read_rebalance_status
 from treescale.store.records import HybridClock, RecordClient
 from treescale.store.scrub import read_repair_status
 
@@ -112,6 +113,12 @@ class ClusterStorage:
         """What every relay's scrub last published (see `read_repair_status`)."""
         relays = [holder.name for holder in self.chunks.holders]
         return await read_repair_status(self.records, relays, now)
+
+    async def rebalance_status(self, now: float) -> dict[str, object]:
+        """What every relay's rebalance last published (see
+        `read_rebalance_status`)."""
+        relays = [holder.name for holder in self.chunks.holders]
+        return await read_rebalance_status(self.records, relays, now)
 
     async def blob_read(
         self, digest: str, start: int, end: int, consumer: IConsumer

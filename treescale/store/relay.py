@@ -8,8 +8,9 @@ For garbage collection a relay lists its chunks with their ages (CHUNK_AGES),
 deletes the ones a collector names if they are still old enough (CHUNK_SWEEP), and
 drops tombstones past a horizon (RECORD_PURGE); see `treescale.gc.collector`.
 
-Each relay also runs its scrub (`treescale.store.scrub.Scrubber`) as a child service
-of its bus node, so it starts and stops with the node.
+Each relay also runs its scrub (`treescale.store.scrub.Scrubber`) and its rebalance
+(`treescale.store.rebalance.Rebalancer`) as child services of its bus node, so they
+start and stop with the node; a topology edit the bus takes reaches both.
 """
 
 import json
@@ -26,9 +27,11 @@ from twisted.python.threadpool import ThreadPool
 
 from treescale.bus.frames import Kind
 from treescale.bus.node import BusNode, HandlerError, Message
+from treescale.config import Topology
 from treescale.store.chunks import ChunkCorrupt, ChunkError, ChunkMissing, ChunkStore
 from treescale.store.digests import ALGORITHM
 from treescale.store.placement import holders_of
+from treescale.store.rebalance import Rebalancer, RecordShelf
 from treescale.store.records import (
     HybridClock,
     RecordClient,
@@ -63,14 +66,17 @@ class Relay:
         """
         self.bus = bus
         self.chunks = ChunkStore(root)
-        self.records = RecordFiles(root)
+        self.records = RecordShelf(root)
         self.reactor = reactor
         self.pool = pool
         self.max_chunk = max_chunk
         self._record_lock = DeferredLock()
+        self._clock = HybridClock(bus.me.id)
         self.scrubber = self._make_scrubber(
             settings_from_environment(os.environ, scrub or ScrubSettings())
         )
+        self.rebalancer = self._make_rebalancer()
+        bus.topology_listeners.append(self._topology_changed)
         handlers: dict[Kind, Callable[[Message], Awaitable[Message]]] = {
             Kind.CHUNK_PUT: self.chunk_put,
             Kind.CHUNK_GET: self.chunk_get,
@@ -87,23 +93,51 @@ class Relay:
     def _make_scrubber(self, settings: ScrubSettings) -> Scrubber:
         """This relay's scrub, over every store of the topology."""
         topology = self.bus.topology
-        holders = holders_of(topology)
-        records = RecordClient(
-            self.bus, holders, topology.record_replicas, HybridClock(self.bus.me.id)
-        )
         scrubber = Scrubber(
             self.bus,
             self.chunks,
             self.reactor,
             self.pool,
-            holders,
+            holders_of(topology),
             topology.replicas,
-            records,
+            self._status_records(topology),
             settings,
             max_chunk=self.max_chunk,
         )
         scrubber.setServiceParent(self.bus)  # type: ignore[no-untyped-call]
         return scrubber
+
+    def _make_rebalancer(self) -> Rebalancer:
+        """This relay's rebalance, with the ``[rebalance]`` settings of its tree."""
+        topology = self.bus.topology
+        rebalancer = Rebalancer(
+            self.bus,
+            self.chunks,
+            self.records,
+            self._record_lock,
+            self.reactor,
+            self.pool,
+            self._status_records(topology),
+            topology.rebalance,
+            max_chunk=self.max_chunk,
+        )
+        rebalancer.setServiceParent(self.bus)  # type: ignore[no-untyped-call]
+        return rebalancer
+
+    def _status_records(self, topology: Topology) -> RecordClient:
+        """The record client the scrub and the rebalance publish their status by."""
+        return RecordClient(
+            self.bus, holders_of(topology), topology.record_replicas, self._clock
+        )
+
+    def _topology_changed(self, topology: Topology) -> None:
+        """A topology edit the bus took: scrub by its holders, and rebalance
+        when it moved keys."""
+        # Shortcoming: only placement follows an edit; [scrub] and [rebalance]
+        # settings changed in the file apply at the next start.
+        records = self._status_records(topology)
+        self.scrubber.use_holders(holders_of(topology), topology.replicas, records)
+        self.rebalancer.use_topology(topology, records)
 
     async def record_get(self, message: Message) -> Message:
         return await self._record_work(answer_record_get, message)

@@ -20,12 +20,17 @@ One pass walks the chunk store in digest order, a page at a time, paced by
 Progress goes to the log as structured events (``scrub_*`` keys) and to the record
 ``scrub/<relay>``, which `read_repair_status` gathers for a status page on any node.
 Nothing is ever deleted here.
+
+What the relay's rebalance (`treescale.store.rebalance`) shares with the scrub is
+here too: `RelayTask` (a service running one coroutine, with its status record),
+`PeerRequests` (requests to other relays that note their health) and
+`StatusPublisher`.
 """
 
 import json
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
@@ -56,16 +61,104 @@ from treescale.store.scrub_settings import ScrubSettings
 
 MiB = 1024 * 1024
 
-__all__ = ["STATUS_PREFIX", "ScrubSettings", "Scrubber", "read_repair_status"]
+__all__ = [
+    "STATUS_PREFIX",
+    "PeerRequests",
+    "ScrubSettings",
+    "Scrubber",
+    "StatusPublisher",
+    "read_repair_status",
+    "read_status_records",
+]
 
 STATUS_PREFIX = "scrub/"
 """Key prefix of the records where each relay publishes its scrub's progress."""
 
 
-class Scrubber(Service):
-    """The scrub of one relay's chunk store, run as a child service of its bus."""
+class _Progress(Protocol):
+    state: str
+
+
+class RelayTask(Service):
+    """What a relay's background work (its scrub, its rebalance) has in common:
+    one coroutine run while the service runs, cancelled when it stops, with its
+    sleeps on the bus's clock, its disk work in the thread pool and its status
+    written by a `StatusPublisher`."""
 
     log = Logger()
+    task = "task"
+    """Names the work in log lines: ``scrub of relay-a ...``."""
+    progress: "_Progress"
+
+    def __init__(
+        self,
+        bus: BusNode,
+        reactor: IReactorFromThreads,
+        pool: ThreadPool,
+        records: RecordClient | None,
+        status: tuple[str, float],
+        wall: Any,
+    ) -> None:
+        """`status` is the key of the status record and the seconds between
+        its writes."""
+        self.bus = bus
+        self.me = bus.me.name
+        self.clock: IReactorTime = bus.clock
+        self.reactor = reactor
+        self.pool = pool
+        self.wall = wall
+        key, interval = status
+        self.publisher = StatusPublisher(
+            self.task, self.me, records, key, self.clock, interval, self.status
+        )
+        self._running: Deferred[None] | None = None
+
+    def status(self) -> dict[str, object]:
+        """The document of the status record: the subclass's to say."""
+        raise NotImplementedError
+
+    async def _run(self) -> None:
+        """The work itself: the subclass's to do."""
+        raise NotImplementedError
+
+    def _start_running(self) -> None:
+        """Begin `_run`, after stopping a run under way."""
+        self._stop_running()
+        self._running = ensureDeferred(self._run())
+        self._running.addErrback(self._crashed)
+
+    def _stop_running(self) -> None:
+        running, self._running = self._running, None
+        if running is not None:
+            running.cancel()
+
+    def stopService(self) -> None:
+        super().stopService()  # type: ignore[no-untyped-call]
+        self._stop_running()
+
+    def _crashed(self, failure: Failure) -> None:
+        if isinstance(failure.value, CancelledError):
+            return
+        self.progress.state = "failed"
+        self.log.failure(
+            "{task} of {relay} stopped", failure, task=self.task, relay=self.me
+        )
+
+    def _sleep(self, seconds: float) -> "Deferred[None]":
+        return deferLater(self.clock, seconds, lambda: None)
+
+    def _thread(self, work: Any, *args: object) -> Any:
+        return deferToThreadPool(self.reactor, self.pool, work, *args)
+
+    async def _publish(self, force: bool = False) -> None:
+        await self.publisher.publish(force)
+
+
+class Scrubber(RelayTask):
+    """The scrub of one relay's chunk store, run as a child service of its bus."""
+
+    task = "scrub"
+    progress: ScrubProgress
 
     def __init__(
         self,
@@ -80,25 +173,29 @@ class Scrubber(Service):
         max_chunk: int = 64 * MiB,
         wall: Any = time.time,
     ) -> None:
-        self.bus = bus
-        self.me = bus.me.name
-        self.clock: IReactorTime = bus.clock
+        self.settings = settings = settings or ScrubSettings()
+        self.progress = ScrubProgress()
+        status = (status_key(bus.me.name), settings.status_interval)
+        super().__init__(bus, reactor, pool, records, status, wall)
         self.chunks = chunks
-        self.reactor = reactor
-        self.pool = pool
         self.holders = list(holders)
         self.replicas = min(replicas, len(self.holders))
         self.records = records
-        self.settings = settings = settings or ScrubSettings()
         self.max_chunk = max_chunk
-        self.wall = wall
         self.health = PeerHealth(settings.recheck_after, settings.gone_after)
+        self.peers = PeerRequests(bus, "scrub", self.health, settings.request_timeout)
         self.pacer = Pacer(settings.chunks_per_second, settings.bytes_per_second)
-        self.progress = ScrubProgress()
-        self._running: Deferred[None] | None = None
-        self._last_published = float("-inf")
-        self._publishing: Deferred[None] | None = None
         self._probing: set[str] = set()
+
+    def use_holders(
+        self, holders: Sequence[Holder], replicas: int, records: RecordClient | None
+    ) -> None:
+        """Scrub for a new topology from the next chunk on: its holders, its
+        replica count and the record client its status goes through."""
+        self.holders = list(holders)
+        self.replicas = min(replicas, len(self.holders))
+        self.records = records
+        self.publisher.records = records
 
     # Service life.
 
@@ -108,20 +205,7 @@ class Scrubber(Service):
             self.progress.state = "off"
             self.log.info("scrub of {relay} is off", relay=self.me)
             return
-        self._running = ensureDeferred(self._run())
-        self._running.addErrback(self._crashed)
-
-    def stopService(self) -> None:
-        super().stopService()  # type: ignore[no-untyped-call]
-        running, self._running = self._running, None
-        if running is not None:
-            running.cancel()
-
-    def _crashed(self, failure: Failure) -> None:
-        if isinstance(failure.value, CancelledError):
-            return
-        self.progress.state = "failed"
-        self.log.failure("scrub of {relay} stopped", failure, relay=self.me)
+        self._start_running()
 
     async def _run(self) -> None:
         """Passes, one after another, `pass_interval` apart, for as long as we run."""
@@ -133,9 +217,6 @@ class Scrubber(Service):
             self.progress.state = "waiting"
             await self._publish(force=True)
             await self._sleep(max(0.0, self.settings.pass_interval - elapsed))
-
-    def _sleep(self, seconds: float) -> "Deferred[None]":
-        return deferLater(self.clock, seconds, lambda: None)
 
     # One pass.
 
@@ -256,7 +337,7 @@ class Scrubber(Service):
                 name, self.clock.seconds()
             ):
                 continue
-            reply = await self._request(
+            reply = await self.peers.request(
                 name, Kind.CHUNK_GET, {"digest": digest}, max_reply=self.max_chunk
             )
             if reply is None or sha256_digest(reply) != digest:
@@ -300,7 +381,7 @@ class Scrubber(Service):
                 continue
             self._probing.add(name)
             probe = ensureDeferred(
-                self._request_meta(name, Kind.CHUNK_HAS, {"digest": digest})
+                self.peers.request_meta(name, Kind.CHUNK_HAS, {"digest": digest})
             )
             probe.addBoth(self._probed, name)
 
@@ -319,7 +400,9 @@ class Scrubber(Service):
             if self.health.state(name, self.clock.seconds()) is not PeerState.UP:
                 holds[name] = None
                 continue
-            reply = await self._request_meta(name, Kind.CHUNK_HAS, {"digest": digest})
+            reply = await self.peers.request_meta(
+                name, Kind.CHUNK_HAS, {"digest": digest}
+            )
             if reply is None:
                 holds[name] = None
             else:
@@ -330,7 +413,7 @@ class Scrubber(Service):
         """Put a good copy on `target`, counting the outcome."""
         counts = self.progress.current
         meta = {"digest": digest, "size": len(data)}
-        answered = await self._request_meta(target, Kind.CHUNK_PUT, meta, data)
+        answered = await self.peers.request_meta(target, Kind.CHUNK_PUT, meta, data)
         if answered is None:
             counts.failed += 1
             return
@@ -343,79 +426,7 @@ class Scrubber(Service):
             nbytes=len(data),
         )
 
-    # Requests to other relays.
-
-    async def _request(
-        self,
-        name: str,
-        kind: Kind,
-        meta: Mapping[str, Any],
-        data: bytes = b"",
-        max_reply: int = 1024,
-    ) -> bytes | None:
-        """The data of a reply, or None when `name` gave none (noted in health)."""
-        reply = await self._exchange(name, kind, meta, data, max_reply)
-        return None if reply is None else reply[1]
-
-    async def _request_meta(
-        self, name: str, kind: Kind, meta: Mapping[str, Any], data: bytes = b""
-    ) -> Mapping[str, Any] | None:
-        """The metadata of a reply, or None when `name` gave none."""
-        reply = await self._exchange(name, kind, meta, data, 1024)
-        return None if reply is None else reply[0]
-
-    async def _exchange(
-        self,
-        name: str,
-        kind: Kind,
-        meta: Mapping[str, Any],
-        data: bytes,
-        max_reply: int,
-    ) -> tuple[Mapping[str, Any], bytes] | None:
-        """One request to another relay; None on any failure, which is logged."""
-        self.health.asked(name, self.clock.seconds())
-        try:
-            reply = await self.bus.request(
-                name,
-                kind,
-                meta,
-                data,
-                max_reply=max_reply,
-                timeout=self.settings.request_timeout,
-            )
-        except RemoteError as e:
-            self._heard_from(name)
-            self.log.warn(
-                "scrub of {relay}: {kind} to {target} refused: {why}",
-                relay=self.me,
-                kind=kind.name,
-                target=name,
-                why=str(e),
-            )
-            return None
-        except BusError as e:
-            if self.health.failed(name, self.clock.seconds()):
-                self.log.warn(
-                    "scrub of {relay}: {target} does not answer ({why}); "
-                    "presuming it down",
-                    relay=self.me,
-                    target=name,
-                    why=str(e),
-                )
-            return None
-        self._heard_from(name)
-        return reply.meta, reply.data
-
-    def _heard_from(self, name: str) -> None:
-        if self.health.answered(name):
-            self.log.info(
-                "scrub of {relay}: {target} answers again", relay=self.me, target=name
-            )
-
     # Disk work, in the thread pool.
-
-    def _thread(self, work: Any, *args: object) -> Any:
-        return deferToThreadPool(self.reactor, self.pool, work, *args)
 
     def _write(self, digest: str, data: bytes) -> None:
         writer = self.chunks.open_writer(digest, len(data))
@@ -453,39 +464,6 @@ class Scrubber(Service):
             "updated": self.wall(),
         }
 
-    async def _publish(self, force: bool = False) -> None:
-        """Write the status record, at most every `status_interval` seconds.
-
-        The write goes on in the background: a tree without a quorum for it must
-        not slow the scrub. A forced write (a pass's end) waits for the one before.
-        """
-        now = self.clock.seconds()
-        if self.records is None:
-            return
-        if not force and now - self._last_published < self.settings.status_interval:
-            return
-        if self._publishing is not None:
-            if not force:
-                return
-            await self._publishing
-        self._last_published = now
-        self._publishing = ensureDeferred(self._write_status(self.records))
-        self._publishing.addBoth(self._published)
-
-    def _published(self, _: object) -> None:
-        self._publishing = None
-
-    async def _write_status(self, records: RecordClient) -> None:
-        document = json.dumps(self.status()).encode()
-        try:
-            await records.put(status_key(self.me), document)
-        except (StorageError, BusError) as e:
-            self.log.warn(
-                "scrub of {relay}: status not published: {why}",
-                relay=self.me,
-                why=str(e),
-            )
-
 
 def status_key(relay: str) -> str:
     """The record holding relay `relay`'s scrub status."""
@@ -500,11 +478,24 @@ async def read_repair_status(
     A relay that never published (or whose record cannot be read) is None; `age`
     says how many seconds old each status is, so a relay that went silent shows.
     """
-    found: dict[str, object] = {}
+    found = await read_status_records(records, STATUS_PREFIX, relays, now)
     totals = ScrubCounts()
+    for status in found.values():
+        if status is not None:
+            _add_counts(totals, status.get("total"))
+    return {"relays": found, "total": totals.to_json()}
+
+
+async def read_status_records(
+    records: RecordClient, prefix: str, relays: Sequence[str], now: float
+) -> dict[str, dict[str, Any] | None]:
+    """The status document each relay published under ``prefix + relay``, each
+    with its `age` in seconds; None for a relay whose record is missing or
+    unreadable."""
+    found: dict[str, dict[str, Any] | None] = {}
     for relay in relays:
         try:
-            raw = await records.get(status_key(relay))
+            raw = await records.get(f"{prefix}{relay}")
         except (StorageError, BusError):
             raw = None
         status = _status_from(raw)
@@ -512,9 +503,8 @@ async def read_repair_status(
             updated = status.get("updated")
             if isinstance(updated, int | float):
                 status["age"] = max(0.0, now - updated)
-            _add_counts(totals, status.get("total"))
         found[relay] = status
-    return {"relays": found, "total": totals.to_json()}
+    return found
 
 
 def _status_from(raw: bytes | None) -> dict[str, Any] | None:
@@ -536,3 +526,164 @@ def _add_counts(totals: ScrubCounts, counts: object) -> None:
         value = counts.get(name)
         if isinstance(value, int) and not isinstance(value, bool):
             setattr(totals, name, getattr(totals, name) + value)
+
+
+class PeerRequests:
+    """Requests a relay's background work (its scrub, its rebalance) sends to the
+    other relays: every failure is an answer of None, logged, and what each
+    answer or silence says of a relay is kept in a `PeerHealth`."""
+
+    log = Logger()
+
+    def __init__(
+        self, bus: BusNode, task: str, health: PeerHealth, timeout: float
+    ) -> None:
+        """`task` names the work in the log lines: ``scrub of relay-a: ...``."""
+        self.bus = bus
+        self.task = task
+        self.me = bus.me.name
+        self.health = health
+        self.timeout = timeout
+
+    async def request(
+        self,
+        name: str,
+        kind: Kind,
+        meta: Mapping[str, Any],
+        data: bytes = b"",
+        max_reply: int = 1024,
+    ) -> bytes | None:
+        """The data of a reply, or None when `name` gave none (noted in health)."""
+        reply = await self.exchange(name, kind, meta, data, max_reply)
+        return None if reply is None else reply[1]
+
+    async def request_meta(
+        self, name: str, kind: Kind, meta: Mapping[str, Any], data: bytes = b""
+    ) -> Mapping[str, Any] | None:
+        """The metadata of a reply, or None when `name` gave none."""
+        reply = await self.exchange(name, kind, meta, data, 1024)
+        return None if reply is None else reply[0]
+
+    async def exchange(
+        self,
+        name: str,
+        kind: Kind,
+        meta: Mapping[str, Any],
+        data: bytes,
+        max_reply: int,
+    ) -> tuple[Mapping[str, Any], bytes] | None:
+        """One request to another relay; None on any failure, which is logged."""
+        clock = self.bus.clock
+        self.health.asked(name, clock.seconds())
+        try:
+            reply = await self.bus.request(
+                name, kind, meta, data, max_reply=max_reply, timeout=self.timeout
+            )
+        except RemoteError as e:
+            self._heard_from(name)
+            self.log.warn(
+                "{task} of {relay}: {kind} to {target} refused: {why}",
+                task=self.task,
+                relay=self.me,
+                kind=kind.name,
+                target=name,
+                why=str(e),
+            )
+            return None
+        except BusError as e:
+            if self.health.failed(name, clock.seconds()):
+                self.log.warn(
+                    "{task} of {relay}: {target} does not answer ({why}); "
+                    "presuming it down",
+                    task=self.task,
+                    relay=self.me,
+                    target=name,
+                    why=str(e),
+                )
+            return None
+        self._heard_from(name)
+        return reply.meta, reply.data
+
+    def _heard_from(self, name: str) -> None:
+        if self.health.answered(name):
+            self.log.info(
+                "{task} of {relay}: {target} answers again",
+                task=self.task,
+                relay=self.me,
+                target=name,
+            )
+
+
+class StatusPublisher:
+    """Writes the status record of a relay's background work, at most every
+    `interval` seconds.
+
+    A write goes on in the background: a tree without a quorum for it must not
+    slow the work. A forced write (a pass's end) waits for the one before.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        task: str,
+        relay: str,
+        records: RecordClient | None,
+        key: str,
+        clock: IReactorTime,
+        interval: float,
+        document: Callable[[], Mapping[str, object]],
+    ) -> None:
+        self.task = task
+        self.relay = relay
+        self.records = records
+        self.key = key
+        self.clock = clock
+        self.interval = interval
+        self.document = document
+        self._last = float("-inf")
+        self._writing: Deferred[bool] | None = None
+
+    async def publish(self, force: bool = False) -> None:
+        """Write the status now if it is time (or `force`)."""
+        now = self.clock.seconds()
+        if self.records is None:
+            return
+        if not force and now - self._last < self.interval:
+            return
+        if self._writing is not None:
+            if not force:
+                return
+            await self._writing
+        self._last = now
+        self._writing = ensureDeferred(self._write(self.records))
+        self._writing.addBoth(self._written)
+
+    async def publish_now(self) -> bool:
+        """Write the status now, after the write under way if any; whether a
+        quorum of its replicas took it (true when there are no records to write
+        to: nothing is left to try)."""
+        if self._writing is not None:
+            await self._writing
+        if self.records is None:
+            return True
+        self._last = self.clock.seconds()
+        return await self._write(self.records)
+
+    def _written(self, result: object) -> object:
+        self._writing = None
+        return result
+
+    async def _write(self, records: RecordClient) -> bool:
+        document = json.dumps(self.document()).encode()
+        try:
+            await records.put(self.key, document)
+        except (StorageError, BusError) as e:
+            self.log.warn(
+                "{task} of {relay}: status not published: {why}",
+                task=self.task,
+                relay=self.relay,
+                why=str(e),
+            )
+            return False
+        return True

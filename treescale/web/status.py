@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from treescale.config import NodeConfig, Topology
+from treescale.topology_change import placement_digest
 
 UP = "up"
 DOWN = "down"
@@ -63,7 +64,8 @@ def tree_status(
     reachable: Callable[[str], bool],
     figures: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The status document: this node, the cluster, and every node's state."""
+    """The status document: this node, the cluster, the `placement_digest` this
+    node places keys by, and every node's state."""
     reported = figures or {}
     nodes = [
         node_state(node, reachable(node.name), reported.get(node.name))
@@ -74,6 +76,7 @@ def tree_status(
         "node": me,
         "cluster": topology.cluster,
         "replicas": topology.replicas,
+        "placement": placement_digest(topology),
         "relays": len(stores),
         "relays_up": sum(node.state == UP for node in stores),
         "tree": [asdict(node) for node in nodes],
