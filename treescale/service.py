@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from twisted.application import strports
+from twisted.application.internet import TimerService
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
@@ -52,6 +53,7 @@ from treescale.store.transit import ChunkTransit, pooled_verify
 from treescale.store.waycache import ChunkCache
 from treescale.topology_change import placement_digest
 from treescale.web.page import StatusPage
+from treescale.web.rates import SAMPLE_INTERVAL, LinkRates
 from treescale.web.status import tree_status
 
 log = Logger()
@@ -195,8 +197,26 @@ def make_site(bus: BusNode, topology: Topology, node: NodeConfig, reactor: Any) 
             storage, reactor, topology.gc, topology.registry.upload_idle_timeout
         ),
     }
-    site.resource = _WithStatus(site.resource, bus, storage, reactor, tokens, pages)
+    front = _WithStatus(site.resource, bus, storage, reactor, tokens, pages)
+    site.resource = front
+    _sample_link_rates(bus, front.link_rates, reactor)
     return site
+
+
+def _sample_link_rates(bus: BusNode, rates: LinkRates, clock: IReactorTime) -> None:
+    """Sample the bus links' byte counters for the status page, while the bus
+    node runs."""
+
+    def sample() -> None:
+        counters = {
+            peer: (link.bytes_sent, link.bytes_received)
+            for peer, link in bus.links.items()
+        }
+        rates.sample(clock.seconds(), counters)
+
+    sampler = TimerService(SAMPLE_INTERVAL, sample)
+    sampler.clock = clock
+    sampler.setServiceParent(bus)
 
 
 def _relays_needed(topology: Topology) -> int:
@@ -256,6 +276,7 @@ class _WithStatus(Resource):
         self.storage = storage
         self.tokens = tokens
         self.pages = pages or {}
+        self.link_rates = LinkRates()
         self.status_page: Resource = StatusPage()
         self.clock = clock
 
@@ -280,6 +301,8 @@ class _WithStatus(Resource):
         `STATUS_REPAIR_TIMEOUT` (else ``repair`` or ``rebalance`` is null)."""
         status = tree_status(self.bus.topology, self.bus.me.name, self.bus.reachable)
         status["links"] = sorted(self.bus.links)
+        status["link_rates"] = self.link_rates.rates()
+        status["topology_version"] = self.bus.topology.version
         now = time.time()
         readings = {
             "repair": Deferred.fromCoroutine(self.storage.repair_status(now)),

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from .browser import pixels_near, rendered_dom, screenshot
-from .cluster import Cluster
+from .cluster import Cluster, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -72,3 +72,29 @@ def test_page_draws_each_node_in_its_state(cluster: Cluster, tmp_path: Path) -> 
     red, green = pixels_near(shot, DOWN_RED), pixels_near(shot, UP_GREEN)
     assert ONE_CIRCLE < red < TWO_CIRCLES, red
     assert green > 3 * ONE_CIRCLE, green
+
+
+RATE_TEXT = re.compile(r'data-link="(relay-[abc])"[^>]*>\u2193 [0-9.]+ [KMGT]?i?B/s')
+
+
+def test_page_shows_link_rates_and_rebalance_progress(cluster: Cluster) -> None:
+    """Each of the registry's links is labelled with its rate once two samples
+    are taken, and the relays' rebalance shows as a bar with its figures."""
+
+    def reported() -> bool:
+        status = cluster.status()
+        rebalance = status.get("rebalance")
+        published = isinstance(rebalance, dict) and all(
+            rebalance["relays"].get(relay) is not None for relay in cluster.relays
+        )
+        rates = status.get("link_rates")
+        return published and isinstance(rates, dict) and len(rates) == 3
+
+    wait_for(reported, "link rates and every relay's rebalance status", 30.0)
+
+    dom = drawn_dom(page_url(cluster))
+
+    assert set(RATE_TEXT.findall(dom)) == set(cluster.relays)
+    assert "<progress" in dom
+    assert "rebalance: nothing left to move" in dom
+    assert "topology version 1" in dom

@@ -80,6 +80,9 @@ class Link(Protocol):
         self._handshake_timer: IDelayedCall | None = None
         self._stall_timer: IDelayedCall | None = None
         self._closed = False
+        self.bytes_sent = 0
+        """Bytes written to the transport, for the status page's link rates."""
+        self.bytes_received = 0
 
     @property
     def unsent(self) -> int:
@@ -111,6 +114,7 @@ class Link(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self._last_heard = self.clock.seconds()
+        self.bytes_received += len(data)
         try:
             frames = self._decoder.feed(data)
         except FrameError as e:
@@ -211,6 +215,7 @@ class Link(Protocol):
                 self.abort(f"{self._unsent} bytes unsent to a peer that does not read")
                 return
         self.transport.write(data)
+        self.bytes_sent += len(data)
 
     @property
     def last_heard(self) -> float:

@@ -2,9 +2,10 @@
 
 The page fetches ``/_treescale/status`` (see `treescale.web.status`) every few
 seconds and draws the tree as SVG: each node a circle coloured by its state, its
-name under it, and the figures its relay reported. Everything it shows comes from
-that one JSON document, so the page holds no logic an operator could not read
-there too.
+name under it, and the figures its relay reported; the links of the node serving
+the page labelled with their rates; and the rebalance's progress as a bar.
+Everything it shows comes from that one JSON document, so the page holds no logic
+an operator could not read there too.
 """
 
 from twisted.web.resource import Resource
@@ -28,6 +29,9 @@ PAGE = """<!doctype html>
   .down circle { fill: #c62828; }
   .edge { stroke: #888; stroke-width: 2; }
   .edge.down { stroke: #c62828; stroke-dasharray: 6 4; }
+  .rate { font-size: 11px; fill: #1565c0; }
+  #rebalance { margin: .3em 0 1em; }
+  #rebalance progress { width: 20em; vertical-align: middle; }
   .legend span { display: inline-block; width: .9em; height: .9em;
                  border-radius: 50%; margin: 0 .3em 0 1em; vertical-align: -.1em; }
 </style>
@@ -36,6 +40,7 @@ PAGE = """<!doctype html>
 <h1>treescale: <span id="cluster">…</span></h1>
 <div id="summary">loading…</div>
 <div id="problem"></div>
+<div id="rebalance"></div>
 <svg id="tree" width="100%" height="320" role="img"
      aria-label="the tree of nodes"></svg>
 <div class="legend">
@@ -53,6 +58,39 @@ function human(bytes) {
   let value = bytes, unit = 0;
   while (value >= 1024 && unit < units.length - 1) { value /= 1024; unit++; }
   return value.toFixed(unit ? 1 : 0) + " " + units[unit];
+}
+
+function rebalanceText(rebalance) {
+  // Chunks moved and left over every relay, or nothing when none is moving any.
+  if (!rebalance || !rebalance.total) return null;
+  const t = rebalance.total;
+  const all = t.chunks_moved + t.chunks_left;
+  if (t.chunks_left === 0 && t.records_left === 0) {
+    return { text: "rebalance: nothing left to move", done: all, all: all };
+  }
+  return {
+    text: "rebalance: " + t.chunks_moved + " of " + all + " chunks moved (" +
+      human(t.bytes_moved) + " of " + human(t.bytes_moved + t.bytes_left) + "), " +
+      t.records_left + " records left",
+    done: t.chunks_moved, all: Math.max(all, 1)
+  };
+}
+
+function drawRebalance(rebalance) {
+  const box = document.getElementById("rebalance");
+  const progress = rebalanceText(rebalance);
+  box.replaceChildren();
+  if (progress === null) return;
+  const bar = document.createElement("progress");
+  bar.max = progress.all;
+  bar.value = progress.done;
+  const words = document.createElement("span");
+  words.textContent = " " + progress.text;
+  box.append(bar, words);
+}
+
+function rateText(rate) {
+  return "\u2193 " + human(rate.received) + "/s \u2191 " + human(rate.sent) + "/s";
 }
 
 function layout(nodes) {
@@ -93,9 +131,11 @@ function draw(status) {
   document.getElementById("cluster").textContent = status.cluster;
   document.getElementById("summary").textContent =
     "seen from " + status.node + ": " + status.relays_up + " of " + status.relays +
-    " relays up, " + status.replicas + " replicas per chunk; updated " +
-    new Date().toLocaleTimeString();
+    " relays up, " + status.replicas + " replicas per chunk, topology version " +
+    status.topology_version + "; updated " + new Date().toLocaleTimeString();
   document.getElementById("problem").textContent = "";
+  drawRebalance(status.rebalance);
+  const rates = status.link_rates || {};
 
   const svg = document.getElementById("tree");
   const width = svg.clientWidth || 800;
@@ -114,6 +154,15 @@ function draw(status) {
     svg.appendChild(element("line", {
       class: "edge " + node.state, x1: x(a), y1: y(a) + 64, x2: x(b), y2: y(b) - 24
     }));
+    // A link of the node serving the page is labelled with its rate.
+    const peer = node.parent === status.node ? node.name :
+      (node.name === status.node ? node.parent : null);
+    if (peer !== null && rates[peer]) {
+      svg.appendChild(element("text", {
+        class: "rate", "data-link": peer,
+        x: (x(a) + x(b)) / 2, y: (y(a) + 64 + y(b) - 24) / 2
+      }, rateText(rates[peer])));
+    }
   }
   for (const node of status.tree) {
     const p = place[node.name];
