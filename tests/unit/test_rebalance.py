@@ -26,6 +26,7 @@ from treescale.store.placement import holders_of, place
 from treescale.store.rebalance import (
     IDLE,
     RUNNING,
+    WAITING,
     RebalanceCounts,
     RecordShelf,
     read_rebalance_status,
@@ -629,3 +630,30 @@ def test_registry_storage_feeds_status_and_metrics(world: World) -> None:
     moved = samples["treescale_rebalance_chunks_moved"]
     assert moved == {(("relay", n),): counts[n].chunks_moved for n in RELAYS}
     assert set(samples["treescale_rebalance_current"].values()) == {1.0}
+
+
+def test_a_relay_coming_within_reach_ends_the_wait_for_a_recheck(
+    world: World,
+) -> None:
+    """A pass that left chunks for an unreachable relay is tried again soon after
+    that relay links, not `recheck_interval` later."""
+    kept = world.keep_on_homes(30, world.topology)
+    world.tree.cut("d")
+    world.edit(FULL)
+    rebalancers = [world.relays[name].rebalancer for name in RELAYS]
+    for rebalancer in rebalancers:
+        rebalancer.startService()
+    first_pass = SETTINGS.start_delay + SETTINGS.request_timeout + 3
+    world.tree.advance(first_pass, 0.5)
+    waiting = [r for r in rebalancers if r.progress.state == WAITING]
+    assert waiting, "no relay had anything for d"
+
+    world.tree.connect("d")
+    world.tree.advance(SETTINGS.start_delay + 3, 0.5)
+
+    assert SETTINGS.start_delay + 3 < SETTINGS.recheck_interval
+    assert all(r.status()["state"] == IDLE for r in rebalancers)
+    for digest in kept:
+        assert sorted(world.holders(digest)) == sorted(homes(digest, FULL))
+    for rebalancer in rebalancers:
+        rebalancer.stopService()

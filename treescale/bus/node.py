@@ -184,6 +184,9 @@ class BusNode(MultiService):
         self.link_listeners: list[Callable[[str, bool], None]] = []
         # Called with the new topology after `apply_topology` took an edit.
         self.topology_listeners: list[Callable[[Topology], None]] = []
+        # Called when what this node can reach may have changed (a link up or
+        # down here, or a neighbour's word on what lies beyond it).
+        self.reach_listeners: list[Callable[[], None]] = []
         # Frames this node may take over rather than pass on (a chunk cache on
         # the way, `treescale.store.transit`): by kind, a function given a frame
         # from a neighbour that is not for us, saying whether it took it.
@@ -386,6 +389,11 @@ class BusNode(MultiService):
             return
         self._reach[peer] = ids
         self._tell_neighbours()
+        self._reach_changed()
+
+    def _reach_changed(self) -> None:
+        for listener in self.reach_listeners:
+            listener()
 
     def _tell_neighbours(self) -> None:
         """Send a heartbeat at once to each neighbour whose view through us has
@@ -498,6 +506,7 @@ class BusNode(MultiService):
         )
         self._told.pop(peer, None)
         self._tell_neighbours()
+        self._reach_changed()
         for listener in self.link_listeners:
             listener(peer, True)
 
@@ -511,6 +520,7 @@ class BusNode(MultiService):
         self._reach.pop(peer, None)
         self._told.pop(peer, None)
         self._tell_neighbours()
+        self._reach_changed()
         self.log.warn("bus link down: {node} <-> {peer}", node=self.me.name, peer=peer)
         self._fail_requests_on(peer, LinkLost(f"link to {peer} lost"))
         self._forget_inbound_via(peer)

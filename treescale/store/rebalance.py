@@ -260,7 +260,9 @@ class Rebalancer(RelayTask):
         self.holders: list[Holder] = []
         self.replicas = 1
         self.record_replicas = 1
+        self._recheck: Deferred[None] | None = None
         self._aim(bus.topology)
+        bus.reach_listeners.append(self._reach_changed)
 
     def _aim(self, topology: Topology) -> None:
         """Work for `topology`'s placement from now on."""
@@ -317,12 +319,43 @@ class Rebalancer(RelayTask):
                 break
             self.progress.state = WAITING
             await self._publish(force=True)
-            await self._sleep(self.settings.recheck_interval)
+            await self._wait_for_recheck()
 
         # The last word must reach the records: an operator waits for it.
         self.progress.state = IDLE
         while not await self.publisher.publish_now():
             await self._sleep(self.settings.status_interval)
+
+    async def _wait_for_recheck(self) -> None:
+        """Sleep `recheck_interval`, or less: a relay that comes within reach (a
+        new one still linking when the pass ran, say) ends the wait, after
+        `start_delay` to let the rest of the tree link too."""
+        woken: Deferred[None] = Deferred()
+        timer = self.clock.callLater(
+            self.settings.recheck_interval, woken.callback, None
+        )
+        self._recheck = woken
+        try:
+            await woken
+        finally:
+            self._recheck = None
+            if timer.active():
+                timer.cancel()
+
+    def _reach_changed(self) -> None:
+        """What the bus reaches changed: a waiting pass may try again soon, and
+        ask the relays now in reach at once."""
+        woken = self._recheck
+        if woken is None or woken.called:
+            return
+        for holder in self.holders:
+            if self.bus.reachable(holder.name):
+                self.health.may_ask_now(holder.name)
+        self._recheck = None
+        self.clock.callLater(
+            self.settings.start_delay,
+            lambda: None if woken.called else woken.callback(None),
+        )
 
     # One pass.
 

@@ -74,6 +74,14 @@ class PeerHealth:
         """A request is going to `name` now."""
         self._peers.setdefault(name, _Peer()).last_asked = now
 
+    def may_ask_now(self, name: str) -> None:
+        """`name` has come within reach of the bus: the next request may go to
+        it at once instead of after `recheck_after` (it is not up until it
+        answers)."""
+        peer = self._peers.get(name)
+        if peer is not None:
+            peer.last_asked = float("-inf")
+
     def answered(self, name: str) -> bool:
         """`name` answered; whether it was down until now."""
         peer = self._peers.setdefault(name, _Peer())
