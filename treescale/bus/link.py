@@ -251,9 +251,11 @@ class Link(Protocol):
         """Close the link at once, logging why."""
         if self._closed:
             return
+        peer = self.peer or self.expected_peer
         self.log.warn(
-            "bus link to {peer} dropped: {why}",
-            peer=self.peer or self.expected_peer or "(unknown)",
+            "bus link {direction} {peer} dropped: {why}",
+            direction="to" if peer else "from",
+            peer=peer or self.peer_address,
             why=why,
         )
         self._closed = True
