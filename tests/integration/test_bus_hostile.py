@@ -444,7 +444,7 @@ def refuse_bad_hellos(cluster: Cluster, node: str, not_child: str) -> None:
     # it there.
     cases: list[tuple[dict[str, object], str]] = [
         ({"node": "relay-b", "cluster": "hostile"}, "of cluster 'hostile'"),
-        ({"node": "relay-b", "topology": "0" * 64}, "another topology file"),
+        ({"node": "relay-b", "topology": "0" * 64}, "cannot serve with"),
         ({"node": "relay-b", "version": 2}, "speaks bus version 2"),
         ({"node": not_child}, f"{not_child!r} is not a child of {node!r}"),
         ({"node": "mallory"}, f"'mallory' is not a child of {node!r}"),
