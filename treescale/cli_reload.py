@@ -84,9 +84,9 @@ def run_reload(args: argparse.Namespace, out: TextIO) -> int:
         print(f"treescale reload: {e}", file=sys.stderr)
         return UNUSABLE
 
+    source = Path(args.config).resolve()
     statuses = [
-        _reload_one(pid, topology.data_dir, args.timeout, out, time.time)
-        for pid in pids
+        _reload_one(pid, topology.data_dir, source, args.timeout, out) for pid in pids
     ]
     return max(statuses)
 
@@ -107,9 +107,15 @@ def _pids(given: list[int], pid_files: list[Path] | None) -> list[int]:
 
 
 def _reload_one(
-    pid: int, data_dir: Path, timeout: float, out: TextIO, now: Callable[[], float]
+    pid: int,
+    data_dir: Path,
+    source: Path,
+    timeout: float,
+    out: TextIO,
+    now: Callable[[], float] = time.time,
 ) -> int:
-    """SIGHUP one process and wait for the outcome it writes after it."""
+    """SIGHUP one process and wait for the outcome it writes after it; a process
+    that runs another file than `source` is named (it re-read its own)."""
     sent = now()
     try:
         os.kill(pid, signal.SIGHUP)
@@ -126,6 +132,14 @@ def _reload_one(
         outcome = _read_outcome(path)
         if outcome is not None and float(outcome.get("at", 0)) >= sent:
             print(f"process {pid}: {outcome.get('message')}", file=out)
+            if outcome.get("source") != str(source):
+                print(
+                    f"treescale reload: process {pid} runs {outcome.get('source')}, "
+                    f"not {source}: it re-read its own file; edit that one, or "
+                    "start the process with --config naming this one",
+                    file=sys.stderr,
+                )
+                return REFUSED
             return APPLIED if outcome.get("applied") is True else REFUSED
         time.sleep(POLL_INTERVAL)
     print(

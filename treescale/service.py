@@ -18,6 +18,7 @@ import json
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -96,7 +97,10 @@ def make_process_service(
     buses = [make_node_service(topology, node, reactor) for node in nodes]
     for bus in buses:
         bus.setServiceParent(top)  # type: ignore[no-untyped-call]
-    reload_on_hangup(Reloader(topology, buses, data_dir), reactor)
+    # A process that runs every local node also starts those an edit adds here.
+    start_node = None if names else partial(make_node_service, reactor=reactor)
+    reloader = Reloader(topology, buses, data_dir, process=top, start_node=start_node)
+    reload_on_hangup(reloader, reactor)
     return top
 
 

@@ -77,8 +77,14 @@ def placement_digest(topology: Topology) -> str:
     return hashlib.sha256(json.dumps(shape).encode()).hexdigest()[:16]
 
 
-def review_edit(old: Topology, new: Topology, local: Iterable[str]) -> Edit:
-    """Check that a process running the nodes `local` of `old` can take `new`.
+def review_edit(
+    old: Topology,
+    new: Topology,
+    local: Iterable[str],
+    removable: Iterable[str] = (),
+) -> Edit:
+    """Check that a process running the nodes `local` of `old` can take `new`;
+    of those, the process stops the `removable` ones when the edit removes them.
 
     Raises `ConfigError` naming the file, node and field of the first thing it
     cannot take; the running tree then goes on with `old`, unchanged.
@@ -89,8 +95,9 @@ def review_edit(old: Topology, new: Topology, local: Iterable[str]) -> Edit:
     after = {node.name: node for node in new.nodes}
     _check_ids(before, after, source)
 
+    stoppable = set(removable)
     for name in local:
-        if name not in after:
+        if name not in after and name not in stoppable:
             raise ConfigError(
                 source,
                 name,
@@ -98,7 +105,8 @@ def review_edit(old: Topology, new: Topology, local: Iterable[str]) -> Edit:
                 "runs in this process and is gone from the file: stop the node "
                 "first, then remove it",
             )
-        _check_restart_fields(before[name], after[name], source)
+        if name in after:
+            _check_restart_fields(before[name], after[name], source)
 
     for name in before.keys() - after.keys():
         if before[name].is_store and not before[name].drain:

@@ -16,11 +16,15 @@ from .cluster import (
     REGISTRY,
     RELAYS,
     REPO_ROOT,
+    TWISTD,
     Cluster,
     child_environment,
     edit_topology,
+    get_json,
     relay_chunk_files,
+    stop_process,
     wait_for,
+    write_topology,
 )
 from .images import MiB, OciImage, Skopeo
 from .test_failures import (
@@ -145,3 +149,72 @@ def test_a_bad_edit_is_refused_whole_and_the_tree_serves_on(
     path.write_text(good)
     assert served_wrong(cluster, REPOSITORY, pushed) == []
     assert nodes_with_tracebacks(cluster) == []
+
+
+def relays_up(http_port: int) -> object:
+    try:
+        status = get_json(f"http://127.0.0.1:{http_port}/_treescale/status")
+    except (OSError, ValueError):
+        return None
+    return status.get("relays_up") if isinstance(status, dict) else None
+
+
+def test_one_process_of_every_local_node_starts_and_stops_relays(
+    tmp_path: Path,
+) -> None:
+    """The embedded default's way: one twistd runs every node of the file; a
+    relay added to the file starts in that process on reload, and one drained
+    and removed stops there."""
+    topology = write_topology(tmp_path / "tree")
+    log = tmp_path / "all.log"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            *TWISTD,
+            "-n",
+            "--pidfile=",
+            f"--logfile={log}",
+            "treescale-node",
+            "--config",
+            str(topology.path),
+        ],
+        cwd=REPO_ROOT,
+        env=child_environment(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for(lambda: relays_up(topology.http_port) == 3, "3 relays", LINK_TIMEOUT)
+
+        grown = edit_topology(topology, relays=(*RELAYS, NEW_RELAY), version=2)
+        finished = reload_pids(grown.path, [process.pid])
+        assert finished.returncode == 0, finished.stderr
+        assert "relay-d added; relay-d started here" in finished.stdout
+        wait_for(lambda: relays_up(topology.http_port) == 4, "4 relays", LINK_TIMEOUT)
+
+        edit_topology(grown, relays=grown.relays, version=3, draining=(NEW_RELAY,))
+        assert reload_pids(grown.path, [process.pid]).returncode == 0
+        edit_topology(grown, relays=RELAYS, version=4)
+        finished = reload_pids(grown.path, [process.pid])
+
+        assert finished.returncode == 0, finished.stderr
+        assert "relay-d removed; relay-d stopped here" in finished.stdout
+        wait_for(lambda: relays_up(topology.http_port) == 3, "3 relays", LINK_TIMEOUT)
+        assert "Traceback" not in log.read_text()
+    finally:
+        stop_process(process, 10.0)
+
+
+def reload_pids(path: Path, pids: list[int]) -> subprocess.CompletedProcess[str]:
+    """`treescale reload PATH --pid ...`."""
+    arguments = [argument for pid in pids for argument in ("--pid", str(pid))]
+    return subprocess.run(
+        [sys.executable, "-m", "treescale.cli", "reload", str(path), *arguments],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
+        env=child_environment(),
+        check=False,
+    )

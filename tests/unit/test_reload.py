@@ -4,10 +4,12 @@ import json
 import os
 from pathlib import Path
 
+from twisted.application.service import MultiService
 from twisted.internet.task import Clock
 
 from tests.unit.bustest import make_node
-from treescale.config import load
+from treescale.bus.node import BusNode
+from treescale.config import NodeConfig, Topology, load
 from treescale.reload import Reloader, outcome_path
 
 TREE = """
@@ -95,3 +97,50 @@ def test_a_file_that_is_not_toml_is_refused(tmp_path: Path) -> None:
     outcome = process.reload()
 
     assert not outcome.applied and "not valid TOML" in outcome.message
+
+
+def test_a_process_of_every_local_node_starts_and_stops_them(tmp_path: Path) -> None:
+    """Run for every local node, a process starts a node an edit adds on this
+    host and stops one the edit removes (after its drain)."""
+    path = tmp_path / "tree.toml"
+    write(path, 1)
+    topology = load(path)
+    clock = Clock()
+    process = MultiService()  # type: ignore[no-untyped-call]
+    buses = [make_node(topology, name, clock) for name in ("registry", "a")]
+    for bus in buses:
+        bus.setServiceParent(process)  # type: ignore[no-untyped-call]
+
+    def start_node(tree: Topology, node: NodeConfig) -> BusNode:
+        return make_node(tree, node.name, clock)
+
+    reloader = Reloader(topology, buses, process=process, start_node=start_node)
+    write(path, 2, RELAY_D)
+
+    outcome = reloader.reload()
+
+    assert outcome.message == "applied version 1 -> 2: d added; d started here"
+    assert [bus.me.name for bus in reloader.buses] == ["registry", "a", "d"]
+    assert [service.me.name for service in process] == ["registry", "a", "d"]
+
+    write(path, 3, RELAY_D + "drain = true\n")
+    assert reloader.reload().applied
+    write(path, 4)
+
+    outcome = reloader.reload()
+
+    assert outcome.message == "applied version 3 -> 4: d removed; d stopped here"
+    assert [service.me.name for service in process] == ["registry", "a"]
+
+
+def test_a_process_of_named_nodes_refuses_losing_one(tmp_path: Path) -> None:
+    """Run for named nodes, a process does not stop one the file drops."""
+    path = tmp_path / "tree.toml"
+    write(path, 1, RELAY_D + "drain = true\n")
+    topology = load(path)
+    reloader = Reloader(topology, [make_node(topology, "d", Clock())])
+    write(path, 2)
+
+    outcome = reloader.reload()
+
+    assert not outcome.applied and "runs in this process" in outcome.message

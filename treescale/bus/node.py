@@ -270,7 +270,8 @@ class BusNode(MultiService):
             return f"{peer} is no longer a neighbour of {self.me.name}"
         if link.hello is None:
             return None
-        why, _ = self.check_hello(link.hello.meta, peer, link.hello.payload)
+        hello = link.hello
+        why, _ = self.check_hello(hello.meta, peer, hello.payload, False)
         return why
 
     def _parent_endpoint(self, parent: NodeConfig) -> IStreamClientEndpoint:
@@ -406,9 +407,16 @@ class BusNode(MultiService):
                 link.send(frame)
 
     def check_hello(
-        self, meta: Mapping[str, Any], expected: str | None, payload: bytes = b""
+        self,
+        meta: Mapping[str, Any],
+        expected: str | None,
+        payload: bytes = b"",
+        name_the_one_behind: bool = True,
     ) -> tuple[str | None, str | None]:
-        """Why a peer's HELLO is refused (None when accepted), and the peer's name."""
+        """Why a peer's HELLO is refused (None when accepted), and the peer's name.
+
+        A HELLO checked again after our own edit is one the peer sent before: its
+        version may be stale, so `name_the_one_behind` is then off."""
         peer = meta.get("node")
         if meta.get("cluster") != self.topology.cluster:
             return f"peer is of cluster {meta.get('cluster')!r}", None
@@ -417,7 +425,7 @@ class BusNode(MultiService):
         if not isinstance(peer, str):
             return "HELLO without a node name", None
         if meta.get("topology") != self._hash:
-            why = self._other_edition(peer, meta, payload)
+            why = self._other_edition(peer, meta, payload, name_the_one_behind)
             if why is not None:
                 return why, None
         if expected is not None and peer != expected:
@@ -427,7 +435,7 @@ class BusNode(MultiService):
         return None, peer
 
     def _other_edition(
-        self, peer: str, meta: Mapping[str, Any], payload: bytes
+        self, peer: str, meta: Mapping[str, Any], payload: bytes, log_behind: bool
     ) -> str | None:
         """Why a peer whose tree differs from ours cannot link (None: it can, and
         the node behind is named in the log)."""
@@ -442,7 +450,7 @@ class BusNode(MultiService):
                 f"peer {peer!r} (topology version {theirs}) has a tree this node "
                 f"(version {self.topology.version}) cannot serve with: {why}"
             )
-        if theirs != self.topology.version:
+        if log_behind and theirs != self.topology.version:
             self.log.warn(
                 "bus peer {peer} runs topology version {theirs}, {node} runs "
                 "{ours}: linking while the edit rolls out; reload the one behind",
