@@ -140,6 +140,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Refused as e:
         print(f"{PROGRAM} {args.command}: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # The reader went away (`treescale check FILE | head`): not an error of
+        # ours; stdout is pointed at nothing so the exit flush stays quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -673,6 +678,7 @@ class NodeView:
     state: str
     chunks: int | None
     bytes: int | None
+    drain: bool = False
 
 
 @dataclass(frozen=True)
@@ -859,6 +865,7 @@ def _node_view(entry: Any) -> NodeView:
         state=_text(entry["state"]),
         chunks=_maybe_count(entry.get("chunks")),
         bytes=_maybe_count(entry.get("bytes")),
+        drain=entry.get("drain") is True,
     )
 
 
@@ -967,7 +974,7 @@ def _status_rows(status: StatusView) -> list[tuple[str, ...]]:
                 ",".join(node.roles) or "-",
                 node.domain,
                 f"{node.weight:g}",
-                node.state,
+                f"{node.state},draining" if node.drain else node.state,
                 link,
                 *_figure_cells(_figures(node, status)),
             )

@@ -7,7 +7,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -375,3 +375,26 @@ def test_repair_progress_that_the_node_could_not_read_is_said(
         line.startswith("relay-a") and "unknown" in line
         for line in malformed.splitlines()
     )
+
+
+def test_a_draining_relay_says_so(
+    node: tuple[str, Answers], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A relay marked drain in the tree shows its state as up,draining."""
+    url, answers = node
+    tree = load(LOCAL_TOML)
+    tree = replace(
+        tree,
+        nodes=tuple(
+            replace(n, drain=True) if n.name == "relay-b" else n for n in tree.nodes
+        ),
+    )
+    everyone = {"registry", "relay-a", "relay-b", "relay-c"}
+    serve_tree(answers, tree, everyone, everyone - {"registry"})
+
+    assert main(["status", "--url", url]) == 0
+
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line for line in lines if line.startswith(("r", " "))}
+    assert rows["relay-b"].split()[4] == "up,draining"
+    assert rows["relay-a"].split()[4] == "up"

@@ -175,6 +175,7 @@ function draw(status) {
     const facts = [node.roles.join("+")];
     if (node.chunks !== null) facts.push(node.chunks + " chunks");
     if (node.bytes !== null) facts.push(human(node.bytes));
+    if (node.drain) facts.push("draining");
     group.appendChild(element("text", { x: x(p), y: y(p) + 56 }, facts.join(" · ")));
     svg.appendChild(group);
   }

@@ -31,6 +31,7 @@ class NodeState:
     state: str
     chunks: int | None = None
     bytes: int | None = None
+    drain: bool = False
 
 
 def node_state(
@@ -48,6 +49,7 @@ def node_state(
         state=UP if up else DOWN,
         chunks=_count(known.get("chunks")),
         bytes=_count(known.get("bytes")),
+        drain=node.drain,
     )
 
 
