@@ -62,6 +62,9 @@ log = Logger()
 GC_PATH = b"/_treescale/gc"
 """Where a local client asks the registry node for a garbage collection."""
 
+PROGRESS_FIRST_READ = 10.0
+"""Seconds after start before the metrics first read the relays' progress."""
+
 STATUS_REPAIR_TIMEOUT = 3.0
 """Seconds the status document waits for the relays' repair records."""
 
@@ -180,6 +183,7 @@ def make_site(bus: BusNode, topology: Topology, node: NodeConfig, reactor: Any) 
         storage.repair_status,
         storage.rebalance_status,
         lambda: placement_digest(bus.topology),
+        first_after=PROGRESS_FIRST_READ,
     )
     ops.metrics.watch_progress(progress)
     progress.setServiceParent(bus)  # type: ignore[no-untyped-call]

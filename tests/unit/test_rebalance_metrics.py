@@ -130,3 +130,24 @@ def test_failed_reading_keeps_the_one_before() -> None:
     assert kept["treescale_rebalance_chunks_left"][RELAY_A] == 6
     assert fresh["treescale_rebalance_chunks_left"][RELAY_A] == 0
     assert rebalance.reads == 3
+
+
+def test_the_first_reading_waits_for_the_links() -> None:
+    """With `first_after`, nothing is read until that long after the start."""
+    clock = Clock()
+    rebalance = Readings(rebalance_document(2, 6))
+    progress = ProgressFeed(
+        clock,
+        Readings(repair_document()),
+        rebalance,
+        lambda: PLACEMENT,
+        interval=10.0,
+        first_after=5.0,
+    )
+    progress.startService()
+
+    clock.advance(4.0)
+    assert rebalance.reads == 0
+    clock.advance(1.5)
+    assert rebalance.reads == 1
+    progress.stopService()

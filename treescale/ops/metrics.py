@@ -64,7 +64,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -595,8 +595,11 @@ class ProgressFeed(Service):
         placement: Callable[[], str],
         interval: float = 15.0,
         wall: Callable[[], float] = time.time,
+        first_after: float = 0.0,
     ) -> None:
-        """`placement` gives the placement digest this node places keys by."""
+        """`placement` gives the placement digest this node places keys by; the
+        first reading waits `first_after` seconds (a node starting has no links
+        yet, and every record read would only log that)."""
         self.clock = clock
         self.read_repair = read_repair
         self.read_rebalance = read_rebalance
@@ -605,18 +608,32 @@ class ProgressFeed(Service):
         self.wall = wall
         self.repair_document: Mapping[str, object] = {}
         self.rebalance_document: Mapping[str, object] = {}
+        self.first_after = first_after
         self._loop: LoopingCall | None = None
+        self._first: IDelayedCall | None = None
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
         self._loop = LoopingCall(lambda: Deferred.fromCoroutine(self.read()))
         self._loop.clock = self.clock
+        if self.first_after > 0:
+            self._first = self.clock.callLater(self.first_after, self._begin)
+        else:
+            self._begin()
+
+    def _begin(self) -> None:
+        self._first = None
+        if self._loop is None:
+            return
         self._loop.start(self.interval, now=True).addErrback(
             lambda failure: self.log.failure("progress feed stopped", failure)
         )
 
     def stopService(self) -> None:
         super().stopService()  # type: ignore[no-untyped-call]
+        if self._first is not None and self._first.active():
+            self._first.cancel()
+        self._first = None
         loop, self._loop = self._loop, None
         if loop is not None and loop.running:
             loop.stop()

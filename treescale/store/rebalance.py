@@ -311,8 +311,10 @@ class Rebalancer(RelayTask):
     async def _run(self) -> None:
         """Passes for one placement, `recheck_interval` apart, until one leaves
         nothing to move."""
-        await self._publish(force=True)
+        # Published after `start_delay`, when the links have had time to come up
+        # (until then the record of the pass before still says where it stood).
         await self._sleep(self.settings.start_delay)
+        await self._publish(force=True)
         while True:
             counts = await self.run_pass()
             if counts.chunks_left == 0 and counts.records_left == 0:
