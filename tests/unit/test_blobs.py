@@ -7,7 +7,7 @@ from typing import Any, cast
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from zope.interface import implementer
 
@@ -149,6 +149,9 @@ class FakeChunks:
     def in_flight(self) -> int:
         return sum(1 for _, _, d in self.puts if not d.called)
 
+    def digest(self, data: bytes) -> "Deferred[str]":
+        return succeed(sha256_digest(data))
+
 
 class FakeRecords:
     """A record store in a dict."""
@@ -207,6 +210,84 @@ def test_chunks_are_cut_at_chunk_size() -> None:
         sha256_digest(data[100:200]),
     ]
     assert up.size == 240
+
+
+class SlowHashing(FakeChunks):
+    """A chunk client whose digests come later, as from a thread pool."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hashing: list[tuple[bytes, Deferred[str]]] = []
+
+    def digest(self, data: bytes) -> "Deferred[str]":
+        d: Deferred[str] = Deferred()
+        self.hashing.append((data, d))
+        return d
+
+
+def test_chunks_are_named_by_the_chunk_clients_hasher_before_their_put() -> None:
+    """A cut chunk is hashed by the chunk client (in its pool on a registry node),
+    its put waits for the name, and the recipe lists the chunks in the order cut,
+    whatever order their digests come back in."""
+    chunks, records = SlowHashing(), FakeRecords()
+    up = ChunkedUpload(cast(ChunkClient, chunks), cast(RecordClient, records), CHUNK, 8)
+    data = bytes(range(250))
+    up.write(data)
+    assert [body for body, _ in chunks.hashing] == [data[:100], data[100:200]]
+    assert chunks.puts == []
+
+    chunks.hashing[1][1].callback(sha256_digest(data[100:200]))
+    chunks.hashing[0][1].callback(sha256_digest(data[:100]))
+    for _, _, put in list(chunks.puts):
+        put.callback(None)
+    done = ensureDeferred(up.finish(sha256_digest(data)))
+    for _, _, put in chunks.puts[2:]:
+        put.callback(None)
+
+    assert success(done) == 250
+    recipe = Recipe.decode(records.values[recipe_key(sha256_digest(data))] or b"")
+    assert [ref.digest for ref in recipe.chunks] == [
+        sha256_digest(data[:100]),
+        sha256_digest(data[100:200]),
+        sha256_digest(data[200:]),
+    ]
+
+
+def test_one_chunk_blob_is_hashed_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sha256 blob that is one chunk is named by its running hash: its bytes
+    are not hashed a second time for the chunk's name, which is the same."""
+    hashed: list[bytes] = []
+
+    def counting(data: bytes) -> str:
+        hashed.append(data)
+        return sha256_digest(data)
+
+    monkeypatch.setattr("treescale.store.blobs.sha256_digest", counting)
+    up, chunks, _ = upload()
+    data = b"z" * 60
+    up.write(data)
+    done = ensureDeferred(up.finish(sha256_digest(data)))
+    chunks.puts[0][2].callback(None)
+
+    assert success(done) == 60
+    assert hashed == []
+    assert [digest for digest, _, _ in chunks.puts] == [sha256_digest(data)]
+
+
+def test_tail_of_a_longer_blob_is_hashed_for_its_name() -> None:
+    """The last chunk of a blob of several chunks gets its own digest."""
+    up, chunks, _ = upload(window=8)
+    data = bytes(range(150))
+    up.write(data)
+    done = ensureDeferred(up.finish(sha256_digest(data)))
+    for _, _, put in chunks.puts:
+        put.callback(None)
+
+    assert success(done) == 150
+    assert [digest for digest, _, _ in chunks.puts] == [
+        sha256_digest(data[:100]),
+        sha256_digest(data[100:]),
+    ]
 
 
 def test_producer_pauses_when_the_window_is_full() -> None:
@@ -549,6 +630,70 @@ def test_reads_sharing_a_budget_hold_no_more_than_it() -> None:
     assert b"".join(first.written) == data
     assert b"".join(second.written) == data
     assert budget.free == 3
+
+
+class PausingResponse(Response):
+    """A consumer whose buffer is full after every write, until resumed."""
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        self.producer.pauseProducing()
+
+
+def test_written_chunk_holds_room_until_the_consumer_asks_for_more() -> None:
+    """A chunk written to a consumer that paused is still in memory (the
+    consumer's buffer holds it): its room comes back only once the consumer
+    resumes, and the next chunk is written then."""
+    data, recipe, pieces = stored_blob(3)
+    budget = ChunkBudget(3)
+    chunks, response = FakeChunks(), PausingResponse()
+    d = ensureDeferred(
+        read_blob(cast(ChunkClient, chunks), recipe, 0, len(data), response, 2, budget)
+    )
+    answer(chunks, 0, pieces)
+    answer(chunks, 1, pieces)
+    assert len(response.written) == 1
+    assert budget.free == 0
+
+    response.producer.resumeProducing()
+    assert len(response.written) == 2
+    assert budget.free == 1
+    answer(chunks, 2, pieces)
+    response.producer.resumeProducing()
+    success(d)
+    assert b"".join(response.written) == data
+    assert budget.free == 3
+
+
+def test_reads_sharing_a_small_budget_all_finish() -> None:
+    """Reads whose windows together exceed the budget, each consumer pausing after
+    every write, all finish: no read waits for room while it holds some."""
+    data, recipe, pieces = stored_blob(4)
+    budget = ChunkBudget(2)
+    reads = []
+    for _ in range(3):
+        chunks, response = FakeChunks(), PausingResponse()
+        d = ensureDeferred(
+            read_blob(
+                cast(ChunkClient, chunks), recipe, 0, len(data), response, 2, budget
+            )
+        )
+        reads.append((d, chunks, response))
+
+    for _ in range(100):
+        for _, chunks, response in reads:
+            for index, (_, _, fetch) in enumerate(chunks.gets):
+                if not fetch.called:
+                    answer(chunks, index, pieces)
+            if response.producer is not None and response.producer.paused:
+                response.producer.resumeProducing()
+        if all(d.called for d, _, _ in reads):
+            break
+
+    for d, _, response in reads:
+        success(d)
+        assert b"".join(response.written) == data
+    assert budget.free == 2
 
 
 def test_cancelled_read_gives_its_room_back() -> None:

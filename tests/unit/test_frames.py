@@ -17,6 +17,7 @@ from treescale.bus.frames import (
     Kind,
     Limits,
     encode,
+    encode_parts,
 )
 
 # The header as the wire layout documents it, written out independently of the
@@ -124,6 +125,26 @@ def test_layout_matches_the_documented_header() -> None:
 
     assert encode(frame) == expected
     assert HEADER_SIZE == 32
+
+
+@given(_frames)
+def test_parts_make_up_the_encoding(frame: Frame) -> None:
+    """A frame's two parts are its encoding cut after the meta: the head, then
+    the very payload given, uncopied."""
+    head, payload = encode_parts(frame)
+
+    assert head + payload == encode(frame)
+    assert len(head) == len(encode(frame)) - len(frame.payload)
+    if isinstance(frame.payload, bytes):
+        assert payload is frame.payload
+
+
+def test_parts_refuse_what_encode_refuses() -> None:
+    """The parts are checked against the limits as the whole frame is."""
+    frame = Frame(kind=Kind.DATA, event_id=1, payload=b"x" * 11)
+
+    with pytest.raises(FrameError):
+        encode_parts(frame, Limits(max_payload=10))
 
 
 def test_zero_route_and_empty_meta_take_no_bytes() -> None:

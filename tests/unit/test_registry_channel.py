@@ -1,10 +1,11 @@
 """The registry's HTTP channel: TLS handshakes refused at once, HTTP served."""
 
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.testing import StringTransport
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from treescale.registry.channel import RegistryChannel
+from treescale.registry.channel import READ_SIZE, SEND_SIZE, RegistryChannel
 
 CLIENT_HELLO_START = bytes([0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xFC])
 
@@ -78,4 +79,29 @@ def test_ordinary_content_length_is_accepted() -> None:
         b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 000000000000000003\r\n\r\nabc"
     )
 
+    assert transport.value().startswith(b"HTTP/1.1 200 OK\r\n")
+
+
+class TcpLike(StringTransport):
+    """A string transport with the two knobs of Twisted's file descriptors."""
+
+    bufferSize = FileDescriptor.bufferSize
+    SEND_LIMIT = FileDescriptor.SEND_LIMIT
+
+
+def test_connection_reads_and_sends_in_large_pieces() -> None:
+    """The channel widens its TCP transport's reads (upload bodies reach the
+    chunker a megabyte at a time) and sends (a pull is not held to 128 KiB a
+    pass through the reactor), and still serves requests."""
+    site = Site(Hello())
+    site.protocol = RegistryChannel  # type: ignore[assignment]
+    channel = site.buildProtocol(None)
+    transport = TcpLike()
+
+    channel.makeConnection(transport)
+    channel.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+
+    assert (transport.bufferSize, transport.SEND_LIMIT) == (READ_SIZE, SEND_SIZE)
+    assert FileDescriptor.bufferSize < READ_SIZE
+    assert FileDescriptor.SEND_LIMIT < SEND_SIZE
     assert transport.value().startswith(b"HTTP/1.1 200 OK\r\n")

@@ -21,7 +21,7 @@ from tests.unit.bustest import (
     inline_reactor,
     success,
 )
-from treescale.bus.frames import Kind
+from treescale.bus.frames import PIECE_SIZE, Kind
 from treescale.bus.node import HandlerError, Message, RemoteError
 from treescale.store.chunks import ChunkStore
 from treescale.store.relay import Relay
@@ -153,9 +153,27 @@ def test_get_returns_the_verified_bytes(
 
     reply = answer(relay, Kind.CHUNK_GET, {"digest": DIGEST})
 
-    assert reply.data == DATA
+    assert reply.pieces == (DATA,)
     assert reply.meta == {"size": len(DATA)}
     assert pool.ran == 2
+
+
+def test_get_answers_in_the_pieces_the_bus_sends(relay: Relay) -> None:
+    """A chunk larger than a piece of bus data is read and answered as pieces of
+    at most PIECE_SIZE bytes, each its own buffer, that make up the chunk."""
+    data = bytes(range(256)) * (PIECE_SIZE // 256 * 2 + 3)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    # Larger than the relay takes in a put here: stored straight into its store.
+    writer = relay.chunks.open_writer(digest, len(data))
+    writer.write(data)
+    writer.commit()
+
+    reply = answer(relay, Kind.CHUNK_GET, {"digest": digest})
+
+    assert [len(piece) for piece in reply.pieces] == [PIECE_SIZE, PIECE_SIZE, 768]
+    assert b"".join(reply.pieces) == data
+    assert reply.data == b""
+    assert reply.meta == {"size": len(data)}
 
 
 def test_get_of_a_missing_chunk(relay: Relay) -> None:

@@ -52,6 +52,7 @@ __all__ = [
     "Kind",
     "Limits",
     "encode",
+    "encode_parts",
 ]
 
 
@@ -156,6 +157,17 @@ class Frame:
 
 def encode(frame: Frame, limits: Limits = Limits()) -> bytes:
     """Serialise a frame, refusing one the peer's decoder would refuse."""
+    return b"".join(encode_parts(frame, limits))
+
+
+def encode_parts(frame: Frame, limits: Limits = Limits()) -> tuple[bytes, bytes]:
+    """A frame serialised as two parts, its head (header, route and meta) and its
+    payload, which together are `encode`'s bytes.
+
+    A sender that writes both to its transport leaves the payload uncopied until
+    the transport gathers what it sends; joining them here would copy every byte
+    of chunk data once more.
+    """
     _check_fields(frame)
     route = _encode_route(frame.route)
     meta = _encode_meta(frame.meta)
@@ -175,7 +187,7 @@ def encode(frame: Frame, limits: Limits = Limits()) -> bytes:
         len(meta),
         len(payload),
     )
-    return b"".join((header, route, meta, payload))
+    return header + route + meta, payload
 
 
 def _check_fields(frame: Frame) -> None:

@@ -31,12 +31,37 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from treescale.bus.frames import Frame, FrameDecoder, FrameError, Kind, encode
+from treescale.bus.frames import Frame, FrameDecoder, FrameError, Kind, encode_parts
 
 if TYPE_CHECKING:
     from treescale.bus.node import BusNode
 
 PROTOCOL_VERSION = 1
+
+READ_SIZE = 1024 * 1024
+"""Bytes a link's socket is read for at once. Twisted's default, 64 KiB, cuts every
+256 KiB piece of chunk data over several reads, each a pass through the reactor and
+a copy into the decoder's buffer; at this size most reads hold whole frames, which
+the decoder takes in place. Twisted also pauses a producer past this many unsent
+bytes, so a control frame waits behind at most about this much chunk data."""
+
+SEND_SIZE = 4 * 1024 * 1024
+"""The most a link hands its socket in one send. Twisted's default, 128 KiB, sends
+that much per pass through the reactor, which holds a busy node's link far below
+what loopback or a fast network carries; the kernel takes what fits either way."""
+
+
+def tune_socket_io(transport: object) -> None:
+    """Read and send in larger pieces on a TCP transport, and on the TCP transport
+    under a TLS one; a transport without Twisted's two knobs is left as it is.
+
+    The knobs are the class attributes `bufferSize` (read size and pause threshold)
+    and `SEND_LIMIT` of Twisted's file descriptors, set here on the one instance.
+    """
+    for layer in (transport, getattr(transport, "transport", None)):
+        if hasattr(layer, "bufferSize") and hasattr(layer, "SEND_LIMIT"):
+            layer.bufferSize = READ_SIZE
+            layer.SEND_LIMIT = SEND_SIZE
 
 
 @dataclass(frozen=True)
@@ -94,6 +119,7 @@ class Link(Protocol):
     def connectionMade(self) -> None:
         assert self.transport is not None
         self.transport.registerProducer(self, True)  # type: ignore[attr-defined]
+        tune_socket_io(self.transport)
         self._last_heard = self.clock.seconds()
         self._handshake_timer = self.clock.callLater(
             self.settings.handshake_timeout, self._handshake_expired
@@ -208,14 +234,17 @@ class Link(Protocol):
         """Write one frame; drops the link when too much is waiting unsent."""
         if self._closed or self.transport is None:
             return
-        data = encode(frame)
+        head, payload = encode_parts(frame)
         if self._paused:
-            self._unsent += len(data)
+            self._unsent += len(head) + len(payload)
             if self._unsent > self.settings.max_unsent:
                 self.abort(f"{self._unsent} bytes unsent to a peer that does not read")
                 return
-        self.transport.write(data)
-        self.bytes_sent += len(data)
+        if payload:
+            self.transport.writeSequence((head, payload))
+        else:
+            self.transport.write(head)
+        self.bytes_sent += len(head) + len(payload)
 
     @property
     def last_heard(self) -> float:

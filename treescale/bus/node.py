@@ -24,7 +24,7 @@ import hashlib
 import json
 import random
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -102,9 +102,30 @@ class Message:
     origin: str
     meta: Mapping[str, Any]
     data: bytes = b""
+    pieces: tuple[bytes, ...] = ()
+    """A handler's reply data already in pieces of at most PIECE_SIZE bytes, in
+    place of `data`: each is sent as it is, which saves cutting copies of one
+    buffer (a relay reads a chunk so). What arrives over the bus has `data`."""
 
 
 Handler = Callable[[Message], Awaitable[Message]]
+
+
+def _pieces_of(data: bytes | tuple[bytes, ...]) -> tuple[int, Iterator[bytes]]:
+    """How many DATA pieces `data` makes, and the pieces, cut one at a time as
+    they are sent (so the copies do not all exist at once).
+
+    Pieces given over PIECE_SIZE are refused with `FrameError` before anything
+    is sent: a frame that cannot be encoded would otherwise be dropped on the
+    way and leave the requester waiting out its deadline.
+    """
+    if isinstance(data, tuple):
+        if any(len(piece) > PIECE_SIZE for piece in data):
+            raise FrameError(f"a piece of data over {PIECE_SIZE} bytes")
+        return len(data), iter(data)
+
+    count = -(-len(data) // PIECE_SIZE)
+    return count, (data[at : at + PIECE_SIZE] for at in range(0, len(data), PIECE_SIZE))
 
 
 def topology_hash(topology: Topology) -> str:
@@ -752,7 +773,7 @@ class BusNode(MultiService):
             first = Frame(
                 Kind.REPLY, self._new_id(), correlation=event_id, meta=dict(reply.meta)
             )
-            await self._send_stream(message.origin, first, reply.data)
+            await self._send_stream(message.origin, first, reply.pieces or reply.data)
         except CancelledError:
             return
         except (BusError, ConnectionError) as e:
@@ -823,16 +844,19 @@ class BusNode(MultiService):
 
     # Sending and routing frames.
 
-    async def _send_stream(self, dest: str, first: Frame, data: bytes) -> None:
-        """Send a first frame then `data` as DATA pieces, waiting on backpressure."""
-        if not data:
+    async def _send_stream(
+        self, dest: str, first: Frame, data: bytes | tuple[bytes, ...]
+    ) -> None:
+        """Send a first frame then `data` as DATA pieces, waiting on backpressure;
+        data given in pieces goes a piece a frame, as it is."""
+        count, pieces = _pieces_of(data)
+        if not count:
             self._send_to(dest, replace(first, flags=first.flags | Flag.END))
             return
         self._send_to(dest, first)
         correlation = first.correlation or first.event_id
-        for offset in range(0, len(data), PIECE_SIZE):
-            piece = data[offset : offset + PIECE_SIZE]
-            last = offset + PIECE_SIZE >= len(data)
+        for index, piece in enumerate(pieces):
+            last = index == count - 1
             await self._wait_writable(dest)
             frame = Frame(
                 Kind.DATA,

@@ -153,6 +153,32 @@ class Pace:
         self._window_bytes = 0
 
 
+READ_SIZE = 1024 * 1024
+"""Bytes of a connection read at once. Twisted's default, 64 KiB, hands an upload's
+body to the chunker in small pieces, a pass through the reactor each."""
+
+SEND_SIZE = 8 * 1024 * 1024
+"""The most a connection hands its socket in one send. Twisted's default, 128 KiB
+a pass through the reactor, holds a pull far below what the client could take
+while the reactor also reads the chunks from the bus; the kernel takes what fits."""
+
+
+def tune_socket_io(transport: object) -> None:
+    """Read and send in larger pieces on a TCP transport (and the TCP transport
+    under TLS); a transport without Twisted's two knobs is left as it is.
+
+    The knobs are the class attributes `bufferSize` (read size, and how much
+    unsent data pauses a producer) and `SEND_LIMIT` of Twisted's file
+    descriptors, set on the one instance. A blob read writes a chunk at a time
+    and waits until it is sent whatever the pause threshold, so a larger one
+    holds no more memory.
+    """
+    for layer in (transport, getattr(transport, "transport", None)):
+        if hasattr(layer, "bufferSize") and hasattr(layer, "SEND_LIMIT"):
+            layer.bufferSize = READ_SIZE
+            layer.SEND_LIMIT = SEND_SIZE
+
+
 PACE_CHECK_INTERVAL = 1.0
 """Seconds between looks at a busy connection's pace."""
 
@@ -176,6 +202,7 @@ class RegistryChannel(HTTPChannel):
         if isinstance(site_limits, PaceLimits):
             self.pace_limits = site_limits
         self._pace = Pace(self.pace_limits)
+        tune_socket_io(self.transport)
         super().connectionMade()  # type: ignore[no-untyped-call]
 
     def dataReceived(self, data: bytes) -> None:

@@ -168,6 +168,39 @@ class UploadState:
             raise ValueError(f"not an upload state: {e}") from e
 
 
+class _PartialChunk:
+    """The bytes of the chunk being cut, kept as the pieces they arrived in.
+
+    Appending a body's piece keeps a view of it rather than copying it; the chunk's
+    bytes are gathered once, when it is cut. A buffer grown by appending and then
+    sliced off copied each byte three times.
+    """
+
+    def __init__(self) -> None:
+        self._pieces: list[memoryview] = []
+        self.size = 0
+
+    def __bool__(self) -> bool:
+        return self.size > 0
+
+    def add(self, piece: memoryview) -> None:
+        self._pieces.append(piece)
+        self.size += len(piece)
+
+    def take(self) -> bytes:
+        """The bytes held, in one object; the holder is empty afterwards."""
+        data = b"".join(self._pieces)
+        self._pieces = []
+        self.size = 0
+        return data
+
+    def peek(self) -> bytes:
+        """The bytes held, in one object, kept held as well."""
+        data = b"".join(self._pieces)
+        self._pieces = [memoryview(data)]
+        return data
+
+
 def _new_running_hash(algorithm: str) -> Hasher:
     """A running hash of `algorithm`, one whose state can be saved where possible."""
     resumable = resumable_hasher(algorithm)
@@ -196,7 +229,7 @@ class ChunkedUpload:
         self._window = window
         self.algorithm = algorithm
         self._hash = _new_running_hash(algorithm)
-        self._buffer = bytearray()
+        self._partial = _PartialChunk()
         self._size = 0
         self._cut: list[ChunkRef] = []
         # The relays that took each chunk of `_cut`; empty where not known (a
@@ -227,13 +260,18 @@ class ChunkedUpload:
     def write(self, data: bytes) -> None:
         if self._failure is not None:
             raise self._failure
+        # Held as views until the chunk is cut: a buffer the caller may change
+        # later is copied now.
+        data = data if isinstance(data, bytes) else bytes(data)
         self._hash.update(data)
         self._size += len(data)
-        self._buffer += data
-        while len(self._buffer) >= self._chunk_size:
-            piece = bytes(self._buffer[: self._chunk_size])
-            del self._buffer[: self._chunk_size]
-            self._put(piece)
+        view = memoryview(data)
+        while view:
+            room = self._chunk_size - self._partial.size
+            self._partial.add(view[:room])
+            view = view[room:]
+            if self._partial.size == self._chunk_size:
+                self._put(self._partial.take())
 
     async def drain(self) -> None:
         while self._in_flight:
@@ -244,7 +282,7 @@ class ChunkedUpload:
             raise self._failure
 
     async def finish(self, digest: str) -> int:
-        if self._buffer:
+        if self._partial:
             self._cut_tail()
         await self.drain()
 
@@ -266,9 +304,9 @@ class ChunkedUpload:
         await self.drain()
 
         tail = None
-        if self._buffer:
-            data = bytes(self._buffer)
-            tail = ChunkRef(sha256_digest(data), len(data))
+        if self._partial:
+            data = self._partial.peek()
+            tail = ChunkRef(self._digest_of_tail(data), len(data))
             if tail != self._tail_stored:
                 await self._put_within_budget(tail, data)
                 self._tail_stored = tail
@@ -289,7 +327,9 @@ class ChunkedUpload:
         self._cut = list(state.chunks)
         self._holders = [[] for _ in state.chunks]
         self._size = state.size
-        self._buffer = bytearray(tail)
+        self._partial = _PartialChunk()
+        if tail:
+            self._partial.add(memoryview(tail))
         self._tail_stored = state.tail
         self.log.info(
             "resumed an upload of {nbytes} bytes in {count} chunks; hash {how}",
@@ -319,14 +359,24 @@ class ChunkedUpload:
 
     def _cut_tail(self) -> None:
         """Cut the partial last chunk; one a checkpoint stored is not put again."""
-        data = bytes(self._buffer)
-        self._buffer = bytearray()
-        ref = ChunkRef(sha256_digest(data), len(data))
+        data = self._partial.take()
+        ref = ChunkRef(self._digest_of_tail(data), len(data))
         if ref == self._tail_stored:
             self._cut.append(ref)
             self._holders.append([])
             return
-        self._put(data)
+        self._put(data, ref)
+
+    def _digest_of_tail(self, data: bytes) -> str:
+        """The digest of the partial last chunk `data`.
+
+        When it is the whole blob and the blob is hashed with sha256, the blob's
+        running hash already is the chunk's: the bytes are not hashed again.
+        """
+        whole = not self._cut and len(data) == self._size
+        if whole and self.algorithm == ALGORITHM:
+            return f"{ALGORITHM}:{self._hash.hexdigest()}"
+        return sha256_digest(data)
 
     async def _top_up(self) -> None:
         """Copy again every chunk that lost a holder while the upload went on.
@@ -346,24 +396,37 @@ class ChunkedUpload:
     def abort(self) -> None:
         for put in list(self._in_flight.values()):
             put.cancel()
-        self._buffer = bytearray()
+        self._partial = _PartialChunk()
         self._failure = UploadFailed("the upload was cancelled")
 
-    def _put(self, data: bytes) -> None:
-        ref = ChunkRef(sha256_digest(data), len(data))
-        self._cut.append(ref)
+    def _put(self, data: bytes, ref: ChunkRef | None = None) -> None:
+        """Store a cut chunk in the background, taking its place in the recipe now.
+
+        A chunk not named yet is hashed first where the chunk client hashes (in
+        a thread pool on a registry node), so the reactor goes on reading the body;
+        its place holds a nameless ref until then, and every reader of the recipe
+        waits for the chunks in flight first.
+        """
+        index = len(self._cut)
+        self._cut.append(ref or ChunkRef("", len(data)))
         holders: list[str] = []
         self._holders.append(holders)
-        index = len(self._cut)
-        put = ensureDeferred(self._put_within_budget(ref, data, holders))
+        put = ensureDeferred(self._name_and_put(index, data, holders))
         self._in_flight[index] = put
         put.addCallbacks(
             self._put_done,
             self._put_failed,
             callbackArgs=(index,),
-            errbackArgs=(index, ref),
+            errbackArgs=(index,),
         )
         self._hold_or_release()
+
+    async def _name_and_put(self, index: int, data: bytes, holders: list[str]) -> None:
+        """Hash the chunk at `index` of the recipe unless it is named, then store it."""
+        if not self._cut[index].digest:
+            digest = await self._chunks.digest(data)
+            self._cut[index] = ChunkRef(digest, len(data))
+        await self._put_within_budget(self._cut[index], data, holders)
 
     async def _put_within_budget(
         self, ref: ChunkRef, data: bytes, holders: list[str] | None = None
@@ -387,12 +450,12 @@ class ChunkedUpload:
     def _put_done(self, _: object, index: int) -> None:
         self._settle(index)
 
-    def _put_failed(self, failure: Failure, index: int, ref: ChunkRef) -> None:
+    def _put_failed(self, failure: Failure, index: int) -> None:
         error = failure.value
         if not isinstance(error, CancelledError) and self._failure is None:
             self.log.error(
                 "chunk {digest} could not be stored: {why}",
-                digest=ref.digest,
+                digest=self._cut[index].digest or f"#{index} (not yet named)",
                 why=str(error),
             )
             self._failure = (
@@ -495,10 +558,14 @@ async def read_blob(
 ) -> None:
     """Write bytes ``[start, end)`` of a blob to `consumer`, `window` chunks ahead.
 
-    Each fetched chunk holds room in `budget` until it is written out.
+    Each fetched chunk holds room in `budget` until it is written out and the
+    consumer has taken it: a chunk waits in the consumer's buffer until the next
+    one may be written, and is counted until then, so the budget bounds every
+    chunk the node holds for reads.
     """
     spans: Sequence[tuple[ChunkRef, int, int]] = recipe.spans(start, end)
-    room = budget or ChunkBudget(window)
+    # Without a shared budget: the window, and the chunk the consumer holds.
+    room = budget or ChunkBudget(window + 1)
     fetches: deque[_Fetch] = deque()
 
     def stop_fetches() -> None:
@@ -517,19 +584,32 @@ async def read_blob(
                 return
             fetches.append(_Fetch(chunks, span[0], room))
 
+    written: _Fetch | None = None
     try:
         fetch_more()
         for _chunk, low, high in spans:
             head = fetches[0]
             try:
+                # The consumer asks for more once it has sent what it held. Its
+                # room goes back before the next chunk is awaited: that chunk may
+                # wait for room, and no read may hold room while it waits for
+                # some (reads holding the last of it would wait for each other).
+                await gate.wait()
+                if written is not None:
+                    written.give_back()
+                    written = None
                 data = await head.result
                 fetches.popleft()
                 fetch_more()
                 await gate.wait()
-                consumer.write(data[low:high])
-            finally:
+            except BaseException:
                 head.give_back()
+                raise
+            written = head
+            consumer.write(data[low:high])
     finally:
+        if written is not None:
+            written.give_back()
         for fetch in fetches:
             fetch.result.cancel()
             fetch.result.addErrback(lambda _: None)

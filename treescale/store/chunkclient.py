@@ -176,6 +176,11 @@ class ChunkClient:
         self._load: dict[str, int] = {holder.name: 0 for holder in self.holders}
         self._suspect_until: dict[str, float] = {}
 
+    def digest(self, data: bytes) -> "Deferred[str]":
+        """The digest naming a chunk's bytes, hashed where fetched chunks are
+        verified: in the thread pool on a registry node."""
+        return self.verify(data)
+
     def candidates(self, digest: str) -> list[str]:
         """Every relay in the order a chunk is looked for: homes, then the rank."""
         order = search_order(digest, self.holders, self.replicas)

@@ -25,7 +25,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from treescale.bus.frames import Kind
+from treescale.bus.frames import PIECE_SIZE, Kind
 from treescale.bus.node import BusNode, HandlerError, Message
 from treescale.config import Topology
 from treescale.store.chunks import ChunkCorrupt, ChunkError, ChunkMissing, ChunkStore
@@ -198,11 +198,14 @@ class Relay:
     # peer that does not read pins up to max_inbound_requests chunks until
     # stall_timeout drops its link. Streaming the file in pieces would not.
     async def chunk_get(self, message: Message) -> Message:
-        """A chunk's bytes, verified against its digest before they leave."""
+        """A chunk's bytes, verified against its digest before they leave.
+
+        Read in the pieces the bus sends, so none is cut from a copy of the whole.
+        """
         digest = _digest_of(message)
         try:
-            data = await deferToThreadPool(
-                self.reactor, self.pool, self.chunks.read, digest
+            pieces = await deferToThreadPool(
+                self.reactor, self.pool, self.chunks.read_pieces, digest, PIECE_SIZE
             )
         except ChunkMissing as e:
             raise HandlerError("chunk_missing", f"{digest} is not here") from e
@@ -211,7 +214,8 @@ class Relay:
             raise HandlerError("chunk_corrupt", str(e)) from e
         except ChunkError as e:
             raise HandlerError("bad_request", str(e)) from e
-        return Message(Kind.REPLY, message.origin, {"size": len(data)}, data)
+        size = sum(len(piece) for piece in pieces)
+        return Message(Kind.REPLY, message.origin, {"size": size}, pieces=pieces)
 
     async def chunk_has(self, message: Message) -> Message:
         """Whether this relay holds a chunk, and its size (without reading it)."""
