@@ -297,3 +297,56 @@ def test_sweep_keeps_a_chunk_written_again_since_listing(tmp_path: Path) -> None
 
     assert store.delete_if_older(digest, time.time() - HOUR) == len(data)
     assert not store.has(digest)
+
+
+def test_a_listed_record_no_read_finds_stops_every_sweep(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the listing names a recipe that a read then cannot find (its copies
+    short, say after topology edits), its chunks are unknown: nothing is swept,
+    and the report says why."""
+    kept = world.put_blob(KEPT)
+    kept_chunks = world.chunks_of(kept)
+    gone = world.put_blob(GONE)
+    gone_chunks = world.chunks_of(gone)
+    world.age_all_chunks(2 * HOUR)
+    records = world.storage.records
+    real = records.get_stored
+
+    async def short(key: str) -> Any:
+        return None if key == recipe_key(kept) else await real(key)
+
+    monkeypatch.setattr(records, "get_stored", short)
+
+    report = world.gc(dry_run=False)
+
+    assert any("not found by a read" in error for error in report.errors)
+    assert any("no chunk swept" in error for error in report.errors)
+    assert report.chunks == 0
+    assert all(world.chunk_copies(c) == 2 for c in kept_chunks)
+    assert all(world.chunk_copies(c) == 2 for c in gone_chunks)
+
+
+def test_an_unreadable_manifest_keeps_every_recipe(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A manifest that cannot be read may name any blob: no recipe is judged
+    garbage in that run."""
+    gone = world.put_blob(GONE)
+    world.put_record(
+        "manifest/r/sha256:" + "a" * 64,
+        b'{"media_type": "application/vnd.oci.image.manifest.v1+json", "size": 10}',
+    )
+    world.age_all_chunks(2 * HOUR)
+    records = world.storage.records
+    real = records.get_stored
+
+    async def short(key: str) -> Any:
+        return None if key.startswith("manifest/") else await real(key)
+
+    monkeypatch.setattr(records, "get_stored", short)
+
+    report = world.gc(dry_run=False)
+
+    assert report.blobs == []
+    assert world.get_record(recipe_key(gone)) is not None

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, FirstError, ensureDeferred
+from twisted.python.failure import Failure
 
 from tests.unit.bustest import BusTree, InlinePool, inline_reactor, success, topology
 from tests.unit.test_ops_metrics import scrape
@@ -37,6 +38,7 @@ from treescale.store.rebalance_settings import (
 )
 from treescale.store.records import HybridClock, RecordClient, Stored, Version
 from treescale.store.relay import Relay
+from treescale.store.scrub import _is_cancellation
 from treescale.topology_change import placement_digest
 
 RELAYS = ("a", "b", "c", "d")
@@ -657,3 +659,12 @@ def test_a_relay_coming_within_reach_ends_the_wait_for_a_recheck(
         assert sorted(world.holders(digest)) == sorted(homes(digest, FULL))
     for rebalancer in rebalancers:
         rebalancer.stopService()
+
+
+def test_a_pass_cancelled_inside_gathered_requests_is_no_crash() -> None:
+    """An edit cancels a pass whose requests are gathered: the FirstError that
+    wraps the cancel is a cancellation, not a crash."""
+    inner = Failure(CancelledError())
+    assert _is_cancellation(Failure(FirstError(inner, 0)))
+    assert _is_cancellation(inner)
+    assert not _is_cancellation(Failure(FirstError(Failure(ValueError("x")), 0)))

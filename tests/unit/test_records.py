@@ -274,6 +274,9 @@ class FakeBus:
         }[kind]
         return maybeDeferred(answer, self.files[dest], message)
 
+    def reachable(self, dest: str) -> bool:
+        return dest not in self.down
+
     def puts_to(self) -> list[str]:
         """The relays that were sent a RECORD_PUT, in order."""
         return [dest for dest, kind in self.calls if kind == Kind.RECORD_PUT]
@@ -322,11 +325,26 @@ def test_put_then_get_over_the_replicas(files: dict[str, RecordFiles]) -> None:
 
 
 def test_never_written_record_reads_as_none(files: dict[str, RecordFiles]) -> None:
-    """A key no replica knows reads as None, and nothing is repaired."""
+    """A key no replica knows reads as None, and nothing is repaired; every relay
+    was asked before it was called missing."""
     bus = FakeBus(files)
 
     assert success(get(client_over(bus))) is None
     assert bus.puts_to() == []
+    assert {dest for dest, kind in bus.calls if kind == Kind.RECORD_GET} == set(RELAYS)
+
+
+def test_a_record_off_its_homes_is_found_and_brought_home(
+    files: dict[str, RecordFiles],
+) -> None:
+    """A record only the relay outside its homes holds (left there by an earlier
+    placement) is found there, and written to its homes."""
+    outside = next(name for name in RELAYS if name not in replicas_of(KEY))
+    files[outside].put(KEY, Stored(v(100), b"kept"))
+    bus = FakeBus(files)
+
+    assert success(get(client_over(bus))) == b"kept"
+    assert sorted(bus.puts_to()) == sorted(replicas_of(KEY))
 
 
 def test_newest_wins_and_stale_replicas_are_repaired(

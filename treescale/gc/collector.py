@@ -110,12 +110,24 @@ class Collector:
         self.pages_pace = Pace(clock, settings.chunk_pages_per_second)
         self.live_blobs: set[str] = set()
         self.live_chunks: set[str] = set()
+        self.roots_known = True
 
     async def run(self) -> GcReport:
         await self._sessions()
         await self._roots()
+        # With what the roots name not wholly known, no recipe may go either.
+        self.roots_known = not self.report.errors
         await self._recipes()
-        await self._chunks()
+        # A record that could not be read leaves the chunks it names unknown:
+        # sweeping then could delete live data, so nothing is swept at all.
+        if self.report.errors:
+            self.report.errors.append(
+                f"no chunk swept: {len(self.report.errors)} errors while finding "
+                "what is live; run again when every relay answers"
+            )
+            log.warn("garbage collection swept no chunk: errors while marking")
+        else:
+            await self._chunks()
         if self.settings.purge_tombstones and not self.report.dry_run:
             await self._tombstones()
         log.info("garbage collection done: {summary}", summary=self.report.summary())
@@ -139,7 +151,7 @@ class Collector:
 
     async def _sessions(self) -> None:
         async def visit(entry: Listed) -> None:
-            value = await self.records.get(entry.key)
+            value = await self._listed_value(entry)
             if value is None:
                 return
             try:
@@ -167,7 +179,7 @@ class Collector:
             if digest is None:
                 return
             self.live_blobs.add(digest)
-            value = await self.records.get(entry.key)
+            value = await self._listed_value(entry)
             if value is None:
                 return
             info = ManifestInfo.decode(value)
@@ -177,6 +189,16 @@ class Collector:
 
         await self._each("link/", link)
         await self._each("manifest/", manifest)
+
+    async def _listed_value(self, entry: Listed) -> bytes | None:
+        """The value of a record the listing found live; None, with an error in
+        the report, when a read finds none (a record read short of its copies:
+        what it names must then count as unknown, not as garbage)."""
+        stored = await self.records.get_stored(entry.key)
+        if stored is None:
+            self.report.errors.append(f"listed record {entry.key} not found by a read")
+            return None
+        return stored.value  # None when deleted since the listing: fine
 
     async def _read(self, digest: str, size: int) -> bytes | None:
         """A manifest's bytes; None (keeping what it names unknown) when unreadable."""
@@ -191,7 +213,7 @@ class Collector:
     async def _recipes(self) -> None:
         async def visit(entry: Listed) -> None:
             digest = entry.key.removeprefix("recipe/")
-            value = await self.records.get(entry.key)
+            value = await self._listed_value(entry)
             if value is None:
                 return
             try:
@@ -201,7 +223,7 @@ class Collector:
                 return
             chunks = {chunk.digest for chunk in recipe.chunks}
             now, grace = self.wall(), self.settings.grace
-            if not recipe_is_garbage(
+            if not self.roots_known or not recipe_is_garbage(
                 digest, entry.version.wall_ms, self.live_blobs, now, grace
             ):
                 self.live_chunks |= chunks

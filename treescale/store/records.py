@@ -312,6 +312,11 @@ class RecordClient:
         # a row, the second before the relays moved the first's records, leave
         # records on homes of neither; a read then misses them until the
         # rebalance of the relays holding them has moved them on.
+        if (
+            list(holders) == self.holders
+            and min(replicas, len(holders)) == self.replicas
+        ):
+            return  # an edit that moves no record: keep the placement before
         self._earlier = (self.holders, self.replicas)
         self.holders = list(holders)
         self.replicas = min(replicas, len(self.holders))
@@ -339,6 +344,20 @@ class RecordClient:
         It answers as soon as a quorum has: a replica that is slow or frozen costs
         no time. A replica answering later with an older copy is repaired then.
         """
+        stored = await self.get_stored(key)
+        return None if stored is None else stored.value
+
+    async def get_stored(self, key: str) -> Stored | None:
+        """The newest copy of a record (a deleted one's value is None), or None
+        when no relay has any.
+
+        A key none of its homes holds is looked for on every other relay before
+        it is called missing: after topology edits or a restart a record may
+        still sit where an earlier placement put it, until the relays' rebalance
+        moves it. Found so, it is copied to its homes.
+        """
+        # Shortcoming: so a record that does not exist (a blob never pushed, a
+        # tag asked for in vain) costs a request to every relay, not a quorum.
         homes = self._replicas(key)
         # Right after an edit every copy counts, the old homes' too: wait for all.
         earlier = self._earlier_replicas(key, homes)
@@ -370,6 +389,8 @@ class RecordClient:
 
         copies = {name: _stored_from_reply(reply) for name, reply in answers.items()}
         copies.update(early_late)
+        if all(copy is None for copy in copies.values()):
+            copies.update(await self._search_elsewhere(key, names))
         known = [copy for copy in copies.values() if copy is not None]
         if not known:
             return None
@@ -378,7 +399,28 @@ class RecordClient:
         stale = [n for n, copy in copies.items() if copy != newest[0] and n in homes]
         if stale:
             self._repair(key, newest[0], stale)
-        return newest[0].value
+        return newest[0]
+
+    async def _search_elsewhere(
+        self, key: str, asked: list[str]
+    ) -> dict[str, Stored | None]:
+        """Every copy of `key` on the reachable relays not asked yet."""
+        others = [
+            holder.name
+            for holder in self.holders
+            if holder.name not in asked and self.bus.reachable(holder.name)
+        ]
+        if not others:
+            return {}
+        answers = await self._ask_quorum(
+            others,
+            Kind.RECORD_GET,
+            {"key": key},
+            b"",
+            MAX_RECORD_SIZE,
+            enough=len(others),
+        )
+        return {name: _stored_from_reply(reply) for name, reply in answers.items()}
 
     async def put(self, key: str, value: bytes | None) -> None:
         """Write a new version to every replica; return once a quorum holds it."""

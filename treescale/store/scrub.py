@@ -33,7 +33,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    FirstError,
+    ensureDeferred,
+)
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
@@ -77,6 +82,15 @@ STATUS_PREFIX = "scrub/"
 
 class _Progress(Protocol):
     state: str
+
+
+def _is_cancellation(failure: Failure) -> bool:
+    """Whether a run ended because it was cancelled, also when the cancel reached
+    it through a `gatherResults` of several requests (a `FirstError`)."""
+    error = failure.value
+    while isinstance(error, FirstError):
+        error = error.subFailure.value
+    return isinstance(error, CancelledError)
 
 
 class RelayTask(Service):
@@ -137,7 +151,7 @@ class RelayTask(Service):
         self._stop_running()
 
     def _crashed(self, failure: Failure) -> None:
-        if isinstance(failure.value, CancelledError):
+        if _is_cancellation(failure):
             return
         self.progress.state = "failed"
         self.log.failure(
