@@ -108,15 +108,18 @@ def review_edit(
         if name in after:
             _check_restart_fields(before[name], after[name], source)
 
-    for name in before.keys() - after.keys():
-        if before[name].is_store and not before[name].drain:
-            raise ConfigError(
-                source,
-                name,
-                "drain",
-                "removed without draining: set drain = true and reload, wait for "
-                "`treescale rebalance --wait`, then remove it",
-            )
+    for name, was in before.items():
+        now = after.get(name)
+        if not was.is_store or was.drain or (now is not None and now.is_store):
+            continue
+        how = "removed" if now is None else "made no store"
+        raise ConfigError(
+            source,
+            name,
+            "drain" if now is None else "roles",
+            f"{how} without draining: set drain = true and reload, wait for "
+            "`treescale rebalance --wait`, then edit it",
+        )
 
     changes = _changes(old, new, before, after)
     _check_version(old, new, changes)
@@ -183,6 +186,13 @@ def _check_restart_fields(was: NodeConfig, now: NodeConfig, source: Any) -> None
             )
 
 
+def _plain(value: object) -> str:
+    """A field's value as a change line shows it."""
+    if isinstance(value, frozenset):
+        return "[" + ", ".join(sorted(value)) + "]"
+    return str(value)
+
+
 def _shown(value: object) -> str:
     if isinstance(value, frozenset):
         return "[" + ", ".join(sorted(value)) + "]"
@@ -199,10 +209,10 @@ def _changes(
     changes = [f"{name} added" for name in after if name not in before]
     changes += [f"{name} removed" for name in before if name not in after]
     for name in after.keys() & before.keys():
-        for field in ("parent", "weight", "domain", "drain"):
+        for field in ("parent", "weight", "domain", "drain", *_RESTART_NODE_FIELDS):
             was, now = getattr(before[name], field), getattr(after[name], field)
             if was != now:
-                changes.append(f"{name} {field} {was} -> {now}")
+                changes.append(f"{name} {field} {_plain(was)} -> {_plain(now)}")
     for field in ("replicas", "record_replicas"):
         if getattr(old, field) != getattr(new, field):
             changes.append(f"{field} {getattr(old, field)} -> {getattr(new, field)}")

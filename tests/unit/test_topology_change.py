@@ -160,8 +160,41 @@ def test_this_processes_addresses_need_a_restart() -> None:
     why = refusal(old, new, ("registry",))
     assert "node 'registry': field 'http'" in why and "restarts" in why
 
-    # Another process's node moving is that process's business.
-    assert review_edit(old, new, ("a",)).changes == ()
+    # Another process's node moving is that process's business (and a change).
+    assert review_edit(old, new, ("a",)).changes == (
+        "registry http tcp:0:interface=127.0.0.1 -> tcp:5001:interface=127.0.0.1",
+    )
+
+
+def test_a_store_made_no_store_is_drained_first() -> None:
+    old = tree()
+    new = replace(
+        old,
+        nodes=tuple(
+            replace(n, roles=frozenset({"registry"}), http="tcp:0")
+            if n.name == "c"
+            else n
+            for n in old.nodes
+        ),
+        version=2,
+    )
+
+    why = refusal(old, new, ("a",))
+
+    assert "node 'c': field 'roles'" in why and "without draining" in why
+
+
+def test_a_bus_move_is_a_change_the_version_must_follow() -> None:
+    old = tree()
+    moved = replace(old.node("b").bus, port=7999)
+    new = replace(
+        old,
+        nodes=tuple(replace(n, bus=moved) if n.name == "b" else n for n in old.nodes),
+    )
+
+    why = refusal(old, new, ("a",))
+
+    assert "'cluster.version'" in why and "b bus" in why
 
 
 def test_settings_outside_the_node_table_need_a_restart() -> None:
