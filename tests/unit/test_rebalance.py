@@ -668,3 +668,40 @@ def test_a_pass_cancelled_inside_gathered_requests_is_no_crash() -> None:
     assert _is_cancellation(Failure(FirstError(inner, 0)))
     assert _is_cancellation(inner)
     assert not _is_cancellation(Failure(FirstError(Failure(ValueError("x")), 0)))
+
+
+def test_more_replicas_are_made_by_one_holder_each(tmp_path: Path) -> None:
+    """replicas 2 -> 3: every chunk gets its third copy from the rebalance, each
+    sent once (by the first of its holders among its homes)."""
+    world = World(tmp_path, FULL)
+    kept = world.keep_on_homes(20, FULL)
+    three = replace(FULL, replicas=3)
+    world.edit(three)
+
+    counts = world.rebalance_all()
+
+    for digest in kept:
+        assert sorted(world.holders(digest)) == sorted(homes(digest, three))
+    assert sum(c.copies for c in counts.values()) == len(kept)
+    assert all(c.chunks_left == 0 for c in counts.values())
+
+
+def test_a_relay_drained_while_down_has_its_chunks_copied_by_the_others(
+    tmp_path: Path,
+) -> None:
+    """A relay out of reach cannot move its chunks; once it drains, the other
+    holder of each of them fills the home that took its place."""
+    world = World(tmp_path, FULL)
+    kept = world.keep_on_homes(20, FULL)
+    on_b = [digest for digest in kept if "b" in homes(digest, FULL)]
+    assert on_b
+    world.tree.cut("b")
+    drained = draining(FULL, "b")
+    world.edit(drained)
+
+    counts = {name: world.rebalance(name) for name in RELAYS if name != "b"}
+
+    for digest in on_b:
+        live = [name for name in world.holders(digest) if name != "b"]
+        assert sorted(live) == sorted(homes(digest, drained))
+    assert all(c.chunks_left == 0 for c in counts.values())

@@ -261,6 +261,10 @@ class Rebalancer(RelayTask):
         self.replicas = 1
         self.record_replicas = 1
         self._recheck: Deferred[None] | None = None
+        # The placement before the last edit that moved keys: a chunk homed here
+        # that gained homes with it is copied to them (None after a start: the
+        # scrub makes missing copies then).
+        self.previous: tuple[list[Holder], int] | None = None
         self._aim(bus.topology)
         bus.reach_listeners.append(self._reach_changed)
 
@@ -285,9 +289,11 @@ class Rebalancer(RelayTask):
         self.publisher.records = status_records
         old = self.progress.placement
         new = placement_digest(topology)
+        before = (self.holders, self.replicas)
         self._aim(topology)
         if new == old:
             return
+        self.previous = before
         self.log.info(
             "rebalance of {relay}: placement {old_placement} -> {placement}, "
             "a new pass begins",
@@ -437,7 +443,7 @@ class Rebalancer(RelayTask):
         )
         if not page:
             return [], ""
-        misplaced = [(d, size) for d, size in page if not self._homed_here(d)]
+        misplaced = [(d, size) for d, size in page if self._needs_work(d)]
         return misplaced, page[-1][0]
 
     async def _record_page(self, after: str) -> tuple[list[tuple[str, Stored]], str]:
@@ -461,6 +467,22 @@ class Rebalancer(RelayTask):
     def _homed_here(self, digest: str) -> bool:
         return self.me in self._homes(digest)
 
+    def _needs_work(self, digest: str) -> bool:
+        """Whether a chunk here is to move away, or to be copied to homes the
+        last edit gave it that no one else will fill: more replicas, or a home
+        that left while out of reach (a relay that is still reachable and no
+        longer a home moves its copy itself)."""
+        homes = self._homes(digest)
+        if self.me not in homes:
+            return True
+        if self.previous is None:
+            return False
+        holders, replicas = self.previous
+        before = {holder.name for holder in place(digest, holders, replicas)}
+        gained = set(homes) - before
+        lost = before - set(homes)
+        return bool(gained) and not any(self.bus.reachable(name) for name in lost)
+
     def _record_homes(self, key: str) -> list[str]:
         homes = place(key, self.holders, self.record_replicas)
         return [holder.name for holder in homes]
@@ -482,9 +504,12 @@ class Rebalancer(RelayTask):
         return ensureDeferred(self.move_chunk(digest, size))
 
     async def move_chunk(self, digest: str, size: int) -> bool:
-        """Bring one chunk to its homes, then delete it here; whether it left."""
+        """Bring one chunk to its homes, then delete it here; whether it left
+        (or, for a chunk homed here, whether every home has it now)."""
         await self._sleep(self.pacer.reserve(size, self.clock.seconds()))
         homes = self._homes(digest)
+        if self.me in homes:
+            return await self._spread_chunk(digest, size, homes)
         holds = await self._ask_homes(digest, size, homes)
         if None in holds.values():
             return self._kept(digest, "a home did not answer")
@@ -499,6 +524,30 @@ class Rebalancer(RelayTask):
                     return self._kept(digest, f"the copy to {target} failed")
 
         await self._thread(self.chunks.delete, digest)
+        counts = self.progress.current
+        counts.chunks_moved += 1
+        counts.bytes_moved += size
+        await self._publish()
+        return True
+
+    async def _spread_chunk(self, digest: str, size: int, homes: list[str]) -> bool:
+        """Copy a chunk homed here to the homes lacking it; of its holders among
+        its homes only the first copies, so each gets one copy, not several."""
+        others = [name for name in homes if name != self.me]
+        holds = await self._ask_homes(digest, size, others)
+        if None in holds.values():
+            return self._kept(digest, "a home did not answer")
+        holders = [name for name in homes if name == self.me or holds[name]]
+        lacking = [name for name in others if not holds[name]]
+        if lacking and holders[0] == self.me:
+            data = await self._local_copy(digest)
+            if data is None:
+                return self._kept(digest, "no good copy here")
+            for target in lacking:
+                if not await self._copy_to(target, digest, data):
+                    return self._kept(digest, f"the copy to {target} failed")
+        # Counted as moved: this relay's part in bringing it home is done (a
+        # holder before it in the homes' order copies what is still lacking).
         counts = self.progress.current
         counts.chunks_moved += 1
         counts.bytes_moved += size
