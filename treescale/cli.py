@@ -1422,7 +1422,9 @@ def _wait_for_rebalance(args: argparse.Namespace, out: TextIO) -> int:
     while True:
         remaining = deadline - monotonic()
         try:
-            status = _ask_status(args.url, max(0.1, min(remaining, DEFAULT_TIMEOUT)))
+            # Even the last ask gets a whole second: a shorter one fails as
+            # "is a registry node serving there?", which misleads.
+            status = _ask_status(args.url, max(1.0, min(remaining, DEFAULT_TIMEOUT)))
             why = _still_working(status)
         except Refused as e:
             why = str(e)

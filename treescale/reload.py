@@ -85,6 +85,7 @@ class Reloader:
         self.clock = clock
         self.process = process
         self.start_node = start_node
+        self._edited_data_dir: Path | None = None
 
     def reload(self) -> Outcome:
         """Take the file as it is now, or refuse it and change nothing."""
@@ -117,6 +118,7 @@ class Reloader:
             new = load(self.topology.source, self.data_dir)
         except ConfigError as e:
             return str(e)
+        self._edited_data_dir = new.data_dir
         why = plain_bus_refusal(new)
         if why is not None:
             return why
@@ -170,15 +172,25 @@ class Reloader:
     def _outcome(self, applied: bool, message: str, version: int) -> Outcome:
         source = str(Path(self.topology.source).resolve())
         outcome = Outcome(applied, message, version, self.clock(), source)
-        path = outcome_path(self.topology.data_dir, os.getpid())
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = path.with_suffix(".tmp")
-            temporary.write_text(json.dumps(outcome.to_json()) + "\n")
-            temporary.replace(path)
-        except OSError as e:
-            log.warn("cannot write {path}: {why}", path=str(path), why=str(e))
+        # Written where the file now says too, when an edit of data_dir (which
+        # is refused) moved it: `treescale reload` looks there.
+        folders = [Path(self.topology.data_dir)]
+        edited = self._edited_data_dir
+        if edited is not None and Path(edited) != folders[0]:
+            folders.append(Path(edited))
+        for folder in folders:
+            _write_outcome(outcome_path(folder, os.getpid()), outcome)
         return outcome
+
+
+def _write_outcome(path: Path, outcome: Outcome) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(outcome.to_json()) + "\n")
+        temporary.replace(path)
+    except OSError as e:
+        log.warn("cannot write {path}: {why}", path=str(path), why=str(e))
 
 
 def reload_on_hangup(reloader: Reloader, reactor: Any) -> None:

@@ -144,3 +144,21 @@ def test_a_process_of_named_nodes_refuses_losing_one(tmp_path: Path) -> None:
     outcome = reloader.reload()
 
     assert not outcome.applied and "runs in this process" in outcome.message
+
+
+def test_a_refused_data_dir_edit_is_told_where_the_file_now_points(
+    tmp_path: Path,
+) -> None:
+    """An edit of data_dir is refused; the outcome is also written under the
+    new data_dir, where `treescale reload` reading the edited file looks."""
+    path = tmp_path / "tree.toml"
+    write(path, 1)
+    process = reloader(path)
+    elsewhere = tmp_path / "elsewhere"
+    path.write_text(TREE.format(version=2, data=elsewhere, extra=""))
+
+    outcome = process.reload()
+
+    assert not outcome.applied and "cluster.data_dir" in outcome.message
+    moved = json.loads(outcome_path(elsewhere, os.getpid()).read_text())
+    assert moved["applied"] is False
