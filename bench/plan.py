@@ -63,7 +63,9 @@ class Plan:
 
     def layer_sizes(self) -> tuple[int, ...]:
         """Every layer size some case needs, smallest first."""
-        sizes = set(self.sizes)
+        # The main sizes serve the link and loopback phases only.
+        main = {"link", "loopback"} & set(self.phases)
+        sizes = set(self.sizes) if main else set()
         if "relays" in self.phases:
             sizes.add(self.sweep_size)
         if "concurrency" in self.phases:
