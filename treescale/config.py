@@ -60,7 +60,7 @@ DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
 DEFAULT_REPLICAS = 2
 DEFAULT_RECORD_REPLICAS = 3
 DEFAULT_WINDOW = 8
-DEFAULT_BUFFER_CHUNKS = 16
+DEFAULT_BUFFER_CHUNKS = 64
 DEFAULT_DATA_DIR = "./treescale-data"
 
 # Bounds that keep a typo from taking a node down: a chunk must fit comfortably in

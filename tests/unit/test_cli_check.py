@@ -61,7 +61,7 @@ def test_shipped_default_is_summarised(capsys: pytest.CaptureFixture[str]) -> No
         "2 per chunk, 3 per record (reads and writes need 2 of them)"
     )
     assert summary["ready"] == "a registry node needs 2 of 3 store relays"
-    assert summary["chunks"].startswith("4.0 MiB, window 8, buffer 16")
+    assert summary["chunks"].startswith("4.0 MiB, window 8, buffer 64")
     assert summary["bus"] == "plain TCP, every bus address on loopback"
     assert summary["logins"] == "none: every request is let in"
 

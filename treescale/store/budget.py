@@ -10,6 +10,11 @@ the order they asked.
 from twisted.internet.defer import Deferred, DeferredSemaphore
 
 
+# Shortcoming: room is first come, first served. A read holds up to its window
+# (plus the chunk its client has not taken) for as long as its client does not
+# read, so buffer_chunks / (window + 1) stalled clients (7 by default) make
+# every other transfer wait until the idle timeouts drop them. A fair share per
+# transfer would keep the others going.
 class ChunkBudget:
     """Room for `chunks` chunks, shared by every read and upload of one node."""
 

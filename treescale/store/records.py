@@ -28,6 +28,7 @@ import bisect
 import hashlib
 import json
 import os
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -196,7 +197,8 @@ class RecordFiles:
         }
         path = self._path(key)
         path.parent.mkdir(exist_ok=True)
-        temporary = path.with_suffix(".part")
+        # A name of its own per write: two writes of one record never share one.
+        temporary = path.with_suffix(f".{secrets.token_hex(4)}.part")
         with open(temporary, "wb") as out:
             out.write(json.dumps(document).encode())
             if self.fsync:

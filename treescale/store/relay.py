@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from twisted.internet.defer import DeferredLock
+from twisted.internet.defer import Deferred, DeferredLock
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -154,13 +154,19 @@ class Relay:
     async def _record_work(
         self, answer: Callable[[RecordFiles, Message], Message], message: Message
     ) -> Message:
+        # The lock is let go when the disk work ends, not when the handler does:
+        # a request cancelled meanwhile (its requester gone, its deadline past)
+        # must not let the next write of the same record in while this one runs.
         await self._record_lock.acquire()
-        try:
-            return await deferToThreadPool(
-                self.reactor, self.pool, answer, self.records, message
-            )
-        finally:
-            self._record_lock.release()
+        work = deferToThreadPool(self.reactor, self.pool, answer, self.records, message)
+        work.addBoth(self._release_records)
+        ended: Deferred[Message] = Deferred()
+        work.chainDeferred(ended)
+        return await ended
+
+    def _release_records(self, result: object) -> object:
+        self._record_lock.release()
+        return result
 
     async def chunk_put(self, message: Message) -> Message:
         """Keep a chunk whose bytes hash to its digest; refuse anything else."""
