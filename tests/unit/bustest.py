@@ -180,6 +180,20 @@ class BusTree:
             elapsed += tick
             self.flush()
 
+    def run(self, d: "Deferred[T]", step: float = 0.5, limit: float = 1000.0) -> T:
+        """Let time pass until `d` fires, flushing the links; its result."""
+        waited = 0.0
+        while not d.called:
+            self.flush()
+            self.clock.advance(0)
+            self.flush()
+            if d.called:
+                break
+            assert waited < limit, "never finished"
+            self.advance(step, step)
+            waited += step
+        return success(d)
+
 
 def success(d: "Deferred[T]") -> T:
     """The result of a Deferred that must already have succeeded."""

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from twisted.internet.defer import Deferred, ensureDeferred
 
-from tests.unit.bustest import BusTree, InlinePool, inline_reactor, success, topology
+from tests.unit.bustest import BusTree, InlinePool, inline_reactor, topology
 from treescale.gc.collector import run_gc
 from treescale.gc.plan import (
     GcReport,
@@ -59,17 +59,7 @@ class World:
 
     def run(self, d: "Deferred[Any]", limit: float = 1000.0) -> Any:
         """Let bus time pass until `d` fires; its result."""
-        waited = 0.0
-        while not d.called:
-            self.tree.flush()
-            self.tree.clock.advance(0)
-            self.tree.flush()
-            if d.called:
-                break
-            assert waited < limit, "never finished"
-            self.tree.advance(0.5, 0.5)
-            waited += 0.5
-        return success(d)
+        return self.tree.run(d, 0.5, limit)
 
     def put_blob(self, data: bytes) -> str:
         return str(self.run(ensureDeferred(self.storage.blob_put(data))))

@@ -16,7 +16,7 @@ import pytest
 from twisted.internet.defer import CancelledError, Deferred, FirstError, ensureDeferred
 from twisted.python.failure import Failure
 
-from tests.unit.bustest import BusTree, InlinePool, inline_reactor, success, topology
+from tests.unit.bustest import BusTree, InlinePool, inline_reactor, topology
 from tests.unit.test_ops_metrics import scrape
 from treescale.config import Topology, parse
 from treescale.config_error import ConfigError
@@ -131,17 +131,7 @@ class World:
 
     def run(self, d: "Deferred[Any]", step: float = 0.5, limit: float = 1000.0) -> Any:
         """Let time pass until `d` fires; its result."""
-        waited = 0.0
-        while not d.called:
-            self.tree.flush()
-            self.tree.clock.advance(0)
-            self.tree.flush()
-            if d.called:
-                break
-            assert waited < limit, "never finished"
-            self.tree.advance(step, step)
-            waited += step
-        return success(d)
+        return self.tree.run(d, step, limit)
 
     def rebalance(self, name: str) -> RebalanceCounts:
         """One whole pass of relay `name`'s rebalance."""

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from twisted.internet.defer import Deferred, ensureDeferred
 
-from tests.unit.bustest import BusTree, InlinePool, inline_reactor, success, topology
+from tests.unit.bustest import BusTree, InlinePool, inline_reactor, topology
 from treescale.bus.frames import Kind
 from treescale.bus.node import Message
 from treescale.config_error import ConfigError
@@ -94,17 +94,7 @@ class World:
 
     def run(self, d: "Deferred[Any]", step: float = 0.5, limit: float = 1000.0) -> Any:
         """Let time pass until `d` fires; its result."""
-        waited = 0.0
-        while not d.called:
-            self.tree.flush()
-            self.tree.clock.advance(0)
-            self.tree.flush()
-            if d.called:
-                break
-            assert waited < limit, "never finished"
-            self.tree.advance(step, step)
-            waited += step
-        return success(d)
+        return self.tree.run(d, step, limit)
 
     def scrub(self, name: str) -> ScrubCounts:
         """One whole pass of relay `name`'s scrub."""
