@@ -138,12 +138,9 @@ class RebalanceCounts:
     def to_json(self) -> dict[str, int]:
         """Moved and left, as the status record shows them."""
         return {
-            "chunks_moved": self.chunks_moved,
-            "bytes_moved": self.bytes_moved,
+            **self.moved_json(),
             "chunks_left": self.chunks_left,
             "bytes_left": self.bytes_left,
-            "copies": self.copies,
-            "records_moved": self.records_moved,
             "records_left": self.records_left,
             "failed": self.failed,
         }
@@ -515,20 +512,12 @@ class Rebalancer(RelayTask):
             return self._kept(digest, "a home did not answer")
 
         lacking = [name for name in homes if not holds[name]]
-        if lacking:
-            data = await self._local_copy(digest)
-            if data is None:
-                return self._kept(digest, "no good copy here")
-            for target in lacking:
-                if not await self._copy_to(target, digest, data):
-                    return self._kept(digest, f"the copy to {target} failed")
+        why = await self._copy_lacking(digest, lacking) if lacking else None
+        if why is not None:
+            return self._kept(digest, why)
 
         await self._thread(self.chunks.delete, digest)
-        counts = self.progress.current
-        counts.chunks_moved += 1
-        counts.bytes_moved += size
-        await self._publish()
-        return True
+        return await self._moved(size)
 
     async def _spread_chunk(self, digest: str, size: int, homes: list[str]) -> bool:
         """Copy a chunk homed here to the homes lacking it; of its holders among
@@ -540,14 +529,26 @@ class Rebalancer(RelayTask):
         holders = [name for name in homes if name == self.me or holds[name]]
         lacking = [name for name in others if not holds[name]]
         if lacking and holders[0] == self.me:
-            data = await self._local_copy(digest)
-            if data is None:
-                return self._kept(digest, "no good copy here")
-            for target in lacking:
-                if not await self._copy_to(target, digest, data):
-                    return self._kept(digest, f"the copy to {target} failed")
+            why = await self._copy_lacking(digest, lacking)
+            if why is not None:
+                return self._kept(digest, why)
         # Counted as moved: this relay's part in bringing it home is done (a
         # holder before it in the homes' order copies what is still lacking).
+        return await self._moved(size)
+
+    async def _copy_lacking(self, digest: str, lacking: Sequence[str]) -> str | None:
+        """Send this relay's verified copy to each of `lacking`; why it could
+        not (None when every one took it)."""
+        data = await self._local_copy(digest)
+        if data is None:
+            return "no good copy here"
+        for target in lacking:
+            if not await self._copy_to(target, digest, data):
+                return f"the copy to {target} failed"
+        return None
+
+    async def _moved(self, size: int) -> bool:
+        """Count a chunk brought home, and say so in the status in time."""
         counts = self.progress.current
         counts.chunks_moved += 1
         counts.bytes_moved += size
