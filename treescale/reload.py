@@ -101,7 +101,10 @@ class Reloader:
             return self._outcome(False, f"refused: {judged}", self.topology.version)
 
         new, edit = judged
-        here = self._stop_removed(new) + self._apply(new) + self._start_added(new)
+        stopped = self._stop_removed(new)
+        for bus in self.buses:
+            bus.apply_topology(new)
+        here = stopped + self._start_added(new)
         self.topology = new
         described = edit.describe() + "".join(f"; {line}" for line in here)
         log.info(
@@ -138,11 +141,6 @@ class Reloader:
             bus.disownServiceParent()  # type: ignore[no-untyped-call]
             stopped.append(f"{bus.me.name} stopped here")
         return stopped
-
-    def _apply(self, new: Topology) -> list[str]:
-        for bus in self.buses:
-            bus.apply_topology(new)
-        return []
 
     def _start_added(self, new: Topology) -> list[str]:
         """Start the nodes the edit added on this host, when this process runs
