@@ -3,10 +3,12 @@
 The trees are `BusNode`s linked in memory (see `bustest`), never on sockets.
 """
 
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
-from twisted.logger import LogLevel, globalLogPublisher
+import pytest
+from twisted.logger import LogEvent, LogLevel, formatEvent, globalLogPublisher
 
 from tests.unit.bustest import DEFAULT_TREE, BusTree, make_node, topology
 from treescale.bus.link import Link
@@ -20,25 +22,25 @@ def edition(tree: Any = DEFAULT_TREE, version: int = 1, **fields: Any) -> Topolo
     return replace(topology(tree, **fields), version=version)
 
 
-def captured_warnings() -> list[str]:
-    """Every warning logged from now on, formatted (the caller removes nothing:
-    the observer is dropped with the test's end)."""
+@pytest.fixture
+def warnings() -> Iterator[list[str]]:
+    """Every warning logged while the test runs, formatted."""
     seen: list[str] = []
 
-    def observe(event: dict[str, Any]) -> None:
+    def observe(event: LogEvent) -> None:
         if event.get("log_level") == LogLevel.warn:
-            seen.append(event["log_format"].format(**event))
+            seen.append(formatEvent(event))
 
     globalLogPublisher.addObserver(observe)
-    return seen
+    yield seen
+    globalLogPublisher.removeObserver(observe)
 
 
-def test_a_grown_tree_links_and_names_the_node_behind() -> None:
+def test_a_grown_tree_links_and_names_the_node_behind(warnings: list[str]) -> None:
     """A peer on a newer edition with one more node links: the names both know
     mean the same nodes. The log says who is behind."""
     tree = BusTree()
     newer = make_node(edition(GROWN, version=2), "a", tree.clock)
-    warnings = captured_warnings()
 
     edge = tree.join(Link(tree["root"], None), Link(newer, "root"), key="a")
 
