@@ -43,28 +43,10 @@ LINK_TIMEOUT = 20.0
 
 
 def treescale_reload(
-    cluster: Cluster, names: tuple[str, ...], config: Path | None = None
+    cluster: Cluster, names: tuple[str, ...]
 ) -> subprocess.CompletedProcess[str]:
-    """Run `treescale reload` for the processes of `names`."""
-    pids = [
-        argument for name in names for argument in ("--pid", str(cluster.pid(name)))
-    ]
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "treescale.cli",
-            "reload",
-            str(config or cluster.topology.path),
-            *pids,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO_ROOT,
-        env=child_environment(),
-        check=False,
-    )
+    """Run `treescale reload` of the tree's file for the processes of `names`."""
+    return reload_pids(cluster.topology.path, [cluster.pid(name) for name in names])
 
 
 def image(tmp_path: Path, tag: str) -> OciImage:
