@@ -252,6 +252,16 @@ class ChunkStore:
             swap=self._swap,
         )
 
+    def write(self, digest: str, data: bytes) -> None:
+        """Keep `data` as chunk `digest`, whole: verified, synced and renamed into
+        place, or nothing left behind (blocking)."""
+        writer = self.open_writer(digest, len(data))
+        try:
+            writer.write(data)
+            writer.commit()
+        finally:
+            writer.abort()
+
     def read(self, digest: str) -> bytes:
         """The whole chunk, verified against its digest.
 
@@ -325,26 +335,10 @@ class ChunkStore:
         between pages costs nothing meanwhile. A chunk removed while listed is left
         out.
         """
-        start = _hex_of(after) if after else ""
-        page: list[tuple[str, int]] = []
-        for shard in sorted(self._chunks.iterdir()):
-            if shard.name < start[:2] or not shard.is_dir():
-                continue
-
-            for entry in sorted(shard.iterdir()):
-                name = entry.name
-                if name <= start or not (
-                    _HEX.fullmatch(name) and name[:2] == shard.name
-                ):
-                    continue
-                try:
-                    size = entry.stat().st_size
-                except FileNotFoundError:
-                    continue
-                page.append((f"{ALGORITHM}:{name}", size))
-                if len(page) == limit:
-                    return page
-        return page
+        return [
+            (digest, status.st_size)
+            for digest, status in self._stats_after(after, limit)
+        ]
 
     def aged_after(self, after: str, limit: int) -> list["AgedChunk"]:
         """Like `sizes_after`, each chunk with the time its file was last written.
@@ -352,8 +346,16 @@ class ChunkStore:
         The garbage collector's view of a relay: a chunk rewritten by a push (every
         put renames a fresh file into place) looks young again.
         """
+        return [
+            AgedChunk(digest, status.st_size, status.st_mtime)
+            for digest, status in self._stats_after(after, limit)
+        ]
+
+    def _stats_after(self, after: str, limit: int) -> list[tuple[str, os.stat_result]]:
+        """The walk of `sizes_after`: up to `limit` chunks after `after`, each with
+        its file's status."""
         start = _hex_of(after) if after else ""
-        page: list[AgedChunk] = []
+        page: list[tuple[str, os.stat_result]] = []
         for shard in sorted(self._chunks.iterdir()):
             if shard.name < start[:2] or not shard.is_dir():
                 continue
@@ -368,9 +370,7 @@ class ChunkStore:
                     status = entry.stat()
                 except FileNotFoundError:
                     continue
-                page.append(
-                    AgedChunk(f"{ALGORITHM}:{name}", status.st_size, status.st_mtime)
-                )
+                page.append((f"{ALGORITHM}:{name}", status))
                 if len(page) == limit:
                     return page
         return page

@@ -178,7 +178,7 @@ class Relay:
             raise HandlerError("too_large", f"chunk over {self.max_chunk} bytes")
         try:
             await deferToThreadPool(
-                self.reactor, self.pool, self._write, digest, message.data
+                self.reactor, self.pool, self.chunks.write, digest, message.data
             )
         except ChunkCorrupt as e:
             self.log.warn(
@@ -191,14 +191,6 @@ class Relay:
         except ChunkError as e:
             raise HandlerError("bad_request", str(e)) from e
         return Message(Kind.REPLY, message.origin, {"stored": True})
-
-    def _write(self, digest: str, data: bytes) -> None:
-        writer = self.chunks.open_writer(digest, len(data))
-        try:
-            writer.write(data)
-            writer.commit()
-        finally:
-            writer.abort()
 
     # Shortcoming: the reply holds the whole chunk in memory until it is sent; a
     # peer that does not read pins up to max_inbound_requests chunks until

@@ -357,7 +357,7 @@ class Scrubber(RelayTask):
             if reply is None or sha256_digest(reply) != digest:
                 continue
             try:
-                await self._thread(self._write, digest, reply)
+                await self._thread(self.chunks.write, digest, reply)
             except (ChunkError, OSError) as e:
                 self.log.error(
                     "scrub of {relay} cannot store chunk {digest}: {why}",
@@ -439,16 +439,6 @@ class Scrubber(RelayTask):
             target=target,
             nbytes=len(data),
         )
-
-    # Disk work, in the thread pool.
-
-    def _write(self, digest: str, data: bytes) -> None:
-        writer = self.chunks.open_writer(digest, len(data))
-        try:
-            writer.write(data)
-            writer.commit()
-        finally:
-            writer.abort()
 
     # Status.
 
