@@ -677,7 +677,7 @@ class BusNode(MultiService):
 
     def _request_arrived(self, frame: Frame, came_from: str | None) -> None:
         origin = frame.meta.get("origin")
-        if not isinstance(origin, str) or origin not in self.topology.parents:
+        if not isinstance(origin, str) or origin not in self._ids:
             self.log.warn("dropped {kind} without a known origin", kind=frame.kind.name)
             return
         if not self._came_the_right_way(origin, came_from):
@@ -939,7 +939,7 @@ class BusNode(MultiService):
         if came_from is None or frame.kind in _NOT_REQUESTS:
             return False
         origin = frame.meta.get("origin")
-        if not isinstance(origin, str) or origin not in self.topology.parents:
+        if not isinstance(origin, str) or origin not in self._ids:
             return True
         return not self._came_the_right_way(origin, came_from)
 
