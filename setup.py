@@ -23,6 +23,7 @@ setup(
         "bcrypt>=4.0,<6",
         "PyJWT[crypto]>=2.8,<3",
         "prometheus_client>=0.20,<1",
+        "blake3>=0.4,<2",
     ],
     entry_points={"console_scripts": ["treescale = treescale.cli:main"]},
     extras_require={

@@ -22,8 +22,8 @@ from treescale.store.blobs import (
     resume_upload,
 )
 from treescale.store.budget import ChunkBudget
-from treescale.store.chunkclient import ChunkClient
-from treescale.store.digests import sha256_digest
+from treescale.store.chunkclient import ChunkClient, name_of
+from treescale.store.digests import check_of, sha256_digest
 from treescale.store.errors import DigestMismatch, StorageUnavailable, UploadFailed
 from treescale.store.records import RecordClient
 
@@ -31,17 +31,39 @@ CHUNK = 100
 
 
 def recipe_of(data: bytes, sizes: list[int]) -> Recipe:
-    """The recipe of `data` cut into chunks of the given sizes."""
+    """The recipe of `data` cut into chunks of the given sizes, with checks."""
     chunks = []
     offset = 0
     for size in sizes:
         piece = data[offset : offset + size]
-        chunks.append(ChunkRef(sha256_digest(piece), size))
+        chunks.append(ChunkRef(sha256_digest(piece), size, check_of(piece)))
         offset += size
     return Recipe(sha256_digest(data), len(data), tuple(chunks))
 
 
 # Recipes.
+
+
+def test_recipe_of_chunks_without_checks_still_reads() -> None:
+    """A recipe written before chunks had checks lists ``[digest, size]`` pairs;
+    it reads back with empty checks, and is written back the same way."""
+    data = bytes(range(250))
+    pairs = [[sha256_digest(data[:100]), 100], [sha256_digest(data[100:]), 150]]
+    old = {"digest": sha256_digest(data), "size": 250, "chunks": pairs}
+
+    recipe = Recipe.decode(json.dumps(old).encode())
+
+    assert [ref.check for ref in recipe.chunks] == ["", ""]
+    assert json.loads(recipe.encode())["chunks"] == pairs
+
+
+def test_recipe_with_a_malformed_chunk_entry_is_refused() -> None:
+    """A chunk entry that is not a list of two or three items is refused."""
+    data = bytes(range(10))
+    for entry in ([sha256_digest(data)], [sha256_digest(data), 10, "x", "y"], "no"):
+        document = {"digest": sha256_digest(data), "size": 10, "chunks": [entry]}
+        with pytest.raises(ValueError):
+            Recipe.decode(json.dumps(document).encode())
 
 
 def test_recipe_round_trips() -> None:
@@ -141,7 +163,7 @@ class FakeChunks:
         self.puts.append((digest, data, d))
         return d
 
-    def get(self, digest: str, size: int) -> "Deferred[bytes]":
+    def get(self, digest: str, size: int, check: str = "") -> "Deferred[bytes]":
         d: Deferred[bytes] = Deferred(lambda _: self.cancelled.append(digest))
         self.gets.append((digest, size, d))
         return d
@@ -151,6 +173,9 @@ class FakeChunks:
 
     def digest(self, data: bytes) -> "Deferred[str]":
         return succeed(sha256_digest(data))
+
+    def name(self, data: bytes, digest: str = "") -> "Deferred[tuple[str, str]]":
+        return succeed(name_of(data, digest))
 
 
 class FakeRecords:
@@ -217,18 +242,18 @@ class SlowHashing(FakeChunks):
 
     def __init__(self) -> None:
         super().__init__()
-        self.hashing: list[tuple[bytes, Deferred[str]]] = []
+        self.hashing: list[tuple[bytes, Deferred[tuple[str, str]]]] = []
 
-    def digest(self, data: bytes) -> "Deferred[str]":
-        d: Deferred[str] = Deferred()
+    def name(self, data: bytes, digest: str = "") -> "Deferred[tuple[str, str]]":
+        d: Deferred[tuple[str, str]] = Deferred()
         self.hashing.append((data, d))
         return d
 
 
 def test_chunks_are_named_by_the_chunk_clients_hasher_before_their_put() -> None:
-    """A cut chunk is hashed by the chunk client (in its pool on a registry node),
-    its put waits for the name, and the recipe lists the chunks in the order cut,
-    whatever order their digests come back in."""
+    """A cut chunk is named and given its check by the chunk client (in its pool
+    on a registry node), its put waits for them, and the recipe lists the chunks
+    with their checks in the order cut, whatever order the names come back in."""
     chunks, records = SlowHashing(), FakeRecords()
     up = ChunkedUpload(cast(ChunkClient, chunks), cast(RecordClient, records), CHUNK, 8)
     data = bytes(range(250))
@@ -236,21 +261,21 @@ def test_chunks_are_named_by_the_chunk_clients_hasher_before_their_put() -> None
     assert [body for body, _ in chunks.hashing] == [data[:100], data[100:200]]
     assert chunks.puts == []
 
-    chunks.hashing[1][1].callback(sha256_digest(data[100:200]))
-    chunks.hashing[0][1].callback(sha256_digest(data[:100]))
+    chunks.hashing[1][1].callback(name_of(data[100:200]))
+    chunks.hashing[0][1].callback(name_of(data[:100]))
     for _, _, put in list(chunks.puts):
         put.callback(None)
     done = ensureDeferred(up.finish(sha256_digest(data)))
+    chunks.hashing[2][1].callback(name_of(data[200:], sha256_digest(data[200:])))
     for _, _, put in chunks.puts[2:]:
         put.callback(None)
 
     assert success(done) == 250
     recipe = Recipe.decode(records.values[recipe_key(sha256_digest(data))] or b"")
-    assert [ref.digest for ref in recipe.chunks] == [
-        sha256_digest(data[:100]),
-        sha256_digest(data[100:200]),
-        sha256_digest(data[200:]),
-    ]
+    pieces = [data[:100], data[100:200], data[200:]]
+    assert recipe.chunks == tuple(
+        ChunkRef(sha256_digest(piece), len(piece), check_of(piece)) for piece in pieces
+    )
 
 
 def test_one_chunk_blob_is_hashed_once(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -757,7 +782,7 @@ class KeepingChunks(FakeChunks):
         d.callback(["r1", "r2"])
         return d
 
-    def get(self, digest: str, size: int) -> "Deferred[bytes]":
+    def get(self, digest: str, size: int, check: str = "") -> "Deferred[bytes]":
         d: Deferred[bytes] = Deferred()
         self.gets.append((digest, size, d))
         d.callback(self.kept[digest])

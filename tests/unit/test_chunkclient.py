@@ -19,7 +19,7 @@ from tests.unit.bustest import (
 from treescale.bus.frames import Kind
 from treescale.bus.node import BusNode, Message, RemoteError, RequestTimeout
 from treescale.store.chunkclient import ChunkClient, ChunkSettings, HedgeDelay
-from treescale.store.digests import sha256_digest
+from treescale.store.digests import check_of, sha256_digest
 from treescale.store.errors import StorageUnavailable, UploadFailed
 from treescale.store.placement import Holder, place, rank
 from treescale.store.relay import Relay
@@ -410,6 +410,51 @@ def test_home_that_lost_its_copy_is_sent_the_good_bytes() -> None:
     assert puts[0].meta == {"digest": DIGEST, "size": len(DATA)}
 
 
+def test_home_that_sent_bad_bytes_is_sent_the_good_bytes() -> None:
+    """Relays send what they hold unhashed: a home whose copy rotted is caught by
+    the get's own check, and is sent the verified bytes in its place."""
+    order = candidates()
+    bus = FakeBus()
+    bus.auto = {
+        order[0]: lambda call: call.reply(DATA[:-1] + b"!"),
+        order[1]: lambda call: call.reply(DATA),
+    }
+
+    assert success(get(client(bus))) == DATA
+
+    puts = [call for call in bus.calls if call.kind == Kind.CHUNK_PUT]
+    assert [(call.dest, call.data) for call in puts] == [(order[0], DATA)]
+
+
+def test_a_get_with_a_check_verifies_by_the_check() -> None:
+    """Given the chunk's check (from its recipe), a get takes bytes that match the
+    check, and refuses bytes whose check differs even where the name matches:
+    the check, not the name, is what is verified."""
+    bus = FakeBus()
+    d = ensureDeferred(client(bus).get(DIGEST, len(DATA), check_of(DATA)))
+    bus.calls[0].reply(DATA)
+    assert success(d) == DATA
+
+    other = check_of(b"x" * len(DATA))
+    d = ensureDeferred(client(bus).get(DIGEST, len(DATA), other))
+    bus.calls[-1].reply(DATA)
+
+    assert not d.called
+    assert len([call for call in bus.calls if call.kind == Kind.CHUNK_GET]) == 3
+
+
+def test_an_answer_of_the_wrong_size_is_bad_bytes() -> None:
+    """Bytes of another length than the chunk's are refused without hashing."""
+    bus = FakeBus()
+    d = get(client(bus))
+
+    bus.calls[0].reply(DATA + b"!")
+    assert len(bus.calls) == 2
+    bus.calls[1].reply(DATA)
+
+    assert success(d) == DATA
+
+
 def test_home_that_timed_out_is_not_sent_a_copy() -> None:
     """A home that merely failed to answer in time is not re-sent the chunk."""
     order = candidates()
@@ -541,19 +586,19 @@ def test_relay_that_lagged_is_asked_last_for_a_while() -> None:
 
 
 class HeldVerifier:
-    """Verifications the test finishes by hand, as a thread pool would later."""
+    """Hashing the test finishes by hand, as a thread pool would later."""
 
     def __init__(self) -> None:
-        self.held: list[tuple[Deferred[str], bytes]] = []
+        self.held: list[tuple[Deferred[Any], Callable[..., Any], tuple[Any, ...]]] = []
 
-    def __call__(self, data: bytes) -> "Deferred[str]":
-        checking: Deferred[str] = Deferred()
-        self.held.append((checking, data))
+    def __call__(self, work: Callable[..., Any], *args: Any) -> "Deferred[Any]":
+        checking: Deferred[Any] = Deferred()
+        self.held.append((checking, work, args))
         return checking
 
     def finish(self, index: int = 0) -> None:
-        checking, data = self.held[index]
-        checking.callback(sha256_digest(data))
+        checking, work, args = self.held[index]
+        checking.callback(work(*args))
 
 
 def held_client(bus: FakeBus, verifier: HeldVerifier, clock: Clock) -> ChunkClient:

@@ -104,7 +104,7 @@ class World:
     def chunks_of(self, digest: str) -> list[str]:
         value = self.get_record(recipe_key(digest))
         assert value is not None
-        return [d for d, _ in json.loads(value)["chunks"]]
+        return [chunk[0] for chunk in json.loads(value)["chunks"]]
 
 
 @pytest.fixture

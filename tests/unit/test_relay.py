@@ -193,17 +193,22 @@ def test_get_with_a_bad_digest(relay: Relay, meta: dict[str, Any]) -> None:
     assert error.code == "bad_request"
 
 
-def test_corrupt_chunk_is_never_served(relay: Relay, tmp_path: Path) -> None:
-    """Bytes rotted on disk answer 'chunk_corrupt', then the chunk is missing."""
+def test_rotten_copy_is_sent_as_stored_and_a_put_replaces_it(
+    relay: Relay, tmp_path: Path
+) -> None:
+    """A chunk-get sends the bytes as stored, unhashed (the requester verifies
+    them, and puts the good bytes back); that put replaces the rotten copy."""
     answer(relay, Kind.CHUNK_PUT, {"digest": DIGEST, "size": len(DATA)}, DATA)
     [path] = chunk_files(tmp_path)
     path.write_bytes(DATA[:-1] + b"#")
 
-    first = answer(relay, Kind.CHUNK_GET, {"digest": DIGEST})
-    second = answer(relay, Kind.CHUNK_GET, {"digest": DIGEST})
+    rotten = answer(relay, Kind.CHUNK_GET, {"digest": DIGEST})
+    answer(relay, Kind.CHUNK_PUT, {"digest": DIGEST, "size": len(DATA)}, DATA)
+    repaired = answer(relay, Kind.CHUNK_GET, {"digest": DIGEST})
 
-    assert isinstance(first, HandlerError) and first.code == "chunk_corrupt"
-    assert isinstance(second, HandlerError) and second.code == "chunk_missing"
+    assert b"".join(rotten.pieces) == DATA[:-1] + b"#"
+    assert b"".join(repaired.pieces) == DATA
+    assert ChunkStore(tmp_path).read(DIGEST) == DATA
 
 
 def test_has_reports_presence_and_size(relay: Relay) -> None:

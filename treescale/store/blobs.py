@@ -50,10 +50,30 @@ UPLOAD_STATE_VERSION = 1
 
 @dataclass(frozen=True)
 class ChunkRef:
-    """One chunk of a blob: its digest and its length."""
+    """One chunk of a blob: its digest, its length and its check.
+
+    The check (`treescale.store.digests.check_of`) is what a pull verifies the
+    chunk's bytes against; empty where the chunk was recorded without one.
+    """
 
     digest: str
     size: int
+    check: str = ""
+
+    def encode(self) -> list[str | int]:
+        """The chunk as a recipe lists it: ``[digest, size]`` or, with a check,
+        ``[digest, size, check]``."""
+        if self.check:
+            return [self.digest, self.size, self.check]
+        return [self.digest, self.size]
+
+    @classmethod
+    def decode(cls, item: object) -> "ChunkRef":
+        """A chunk as `encode` lists it; ValueError when it is not one."""
+        if not isinstance(item, list) or len(item) not in (2, 3):
+            raise ValueError(f"not a chunk entry: {item!r:.80}")
+        check = str(item[2]) if len(item) == 3 else ""
+        return cls(str(item[0]), int(item[1]), check)
 
 
 @dataclass(frozen=True)
@@ -68,14 +88,14 @@ class Recipe:
         document = {
             "digest": self.digest,
             "size": self.size,
-            "chunks": [[chunk.digest, chunk.size] for chunk in self.chunks],
+            "chunks": [chunk.encode() for chunk in self.chunks],
         }
         return json.dumps(document, separators=(",", ":")).encode()
 
     @classmethod
     def decode(cls, data: bytes) -> "Recipe":
         document = json.loads(data)
-        chunks = tuple(ChunkRef(str(d), int(s)) for d, s in document["chunks"])
+        chunks = tuple(ChunkRef.decode(item) for item in document["chunks"])
         recipe = cls(str(document["digest"]), int(document["size"]), chunks)
         if any(chunk.size <= 0 for chunk in chunks):
             raise ValueError(f"recipe of {recipe.digest} has an empty chunk")
@@ -139,7 +159,7 @@ class UploadState:
             "version": UPLOAD_STATE_VERSION,
             "algorithm": self.algorithm,
             "size": self.size,
-            "chunks": [[chunk.digest, chunk.size] for chunk in self.chunks],
+            "chunks": [chunk.encode() for chunk in self.chunks],
             "tail": None if self.tail is None else [self.tail.digest, self.tail.size],
             "hash": None if self.hash is None else self.hash.to_json(),
         }
@@ -152,7 +172,7 @@ class UploadState:
             document = json.loads(data)
             if document["version"] != UPLOAD_STATE_VERSION:
                 raise ValueError(f"upload state version {document['version']!r}")
-            chunks = tuple(ChunkRef(str(d), int(n)) for d, n in document["chunks"])
+            chunks = tuple(ChunkRef.decode(item) for item in document["chunks"])
             tail_raw = document["tail"]
             tail = (
                 None
@@ -353,7 +373,7 @@ class ChunkedUpload:
         """One stored chunk of this upload, holding room in the budget meanwhile."""
         await self._budget.take()
         try:
-            return await self._chunks.get(ref.digest, ref.size)
+            return await self._chunks.get(ref.digest, ref.size, ref.check)
         finally:
             self._budget.give_back()
 
@@ -422,10 +442,10 @@ class ChunkedUpload:
         self._hold_or_release()
 
     async def _name_and_put(self, index: int, data: bytes, holders: list[str]) -> None:
-        """Hash the chunk at `index` of the recipe unless it is named, then store it."""
-        if not self._cut[index].digest:
-            digest = await self._chunks.digest(data)
-            self._cut[index] = ChunkRef(digest, len(data))
+        """Name the chunk at `index` of the recipe and take its check (what it
+        lacks of either), then store it."""
+        digest, check = await self._chunks.name(data, self._cut[index].digest)
+        self._cut[index] = ChunkRef(digest, len(data), check)
         await self._put_within_budget(self._cut[index], data, holders)
 
     async def _put_within_budget(
@@ -631,7 +651,7 @@ class _Fetch:
     async def _run(self, chunks: ChunkClient, chunk: ChunkRef) -> bytes:
         await self._budget.take()
         self._holds_room = True
-        return await chunks.get(chunk.digest, chunk.size)
+        return await chunks.get(chunk.digest, chunk.size, chunk.check)
 
     def give_back(self) -> None:
         """Return the fetch's room, once; a fetch that never got room returns none."""

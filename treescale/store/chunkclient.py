@@ -41,7 +41,7 @@ from twisted.python.failure import Failure
 
 from treescale.bus.frames import Kind
 from treescale.bus.node import BusError, BusNode, Message, RemoteError, RequestTimeout
-from treescale.store.digests import sha256_digest
+from treescale.store.digests import check_of, chunk_matches, sha256_digest
 from treescale.store.errors import StorageUnavailable, UploadFailed
 from treescale.store.placement import Holder, search_order
 
@@ -80,9 +80,17 @@ def outcome_of(error: BaseException | None) -> str:
     return "failed"
 
 
-def _verify_here(data: bytes) -> "Deferred[str]":
-    """The digest of `data`, computed at once in this thread."""
-    return succeed(sha256_digest(data))
+def _hash_here(work: Callable[..., Any], *args: Any) -> "Deferred[Any]":
+    """Run a hashing function at once, in this thread."""
+    try:
+        return succeed(work(*args))
+    except Exception:
+        return fail()
+
+
+def name_of(data: bytes, digest: str = "") -> tuple[str, str]:
+    """A chunk's sha256 name (`digest` when already known) and its check."""
+    return digest or sha256_digest(data), check_of(data)
 
 
 # What a relay answers when its copy of a chunk is gone or failed verification.
@@ -154,12 +162,16 @@ class ChunkClient:
         holders: Sequence[Holder],
         clock: IReactorTime,
         settings: ChunkSettings = ChunkSettings(),
-        verify: Callable[[bytes], "Deferred[str]"] | None = None,
+        hash_in: Callable[..., "Deferred[Any]"] | None = None,
     ) -> None:
+        """`hash_in(work, *args)` runs a hashing function where this node hashes
+        chunks: in a thread pool on a registry node (hashlib and blake3 let go
+        of the GIL), so the reactor goes on reading other chunks meanwhile; at
+        once when None."""
         self.bus = bus
         self.holders = list(holders)
         self.clock = clock
-        self.verify = verify or _verify_here
+        self.hash_in = hash_in or _hash_here
         self.observer: ChunkObserver = _Unobserved()
         self.hedge_delay = HedgeDelay(
             settings.hedge_floor,
@@ -167,9 +179,7 @@ class ChunkClient:
             settings.hedge_factor,
             settings.hedge_samples,
         )
-        self._in_flight: dict[tuple[str, int], _SharedGet] = {}
-        """Hashes a chunk's bytes: in a thread pool on a registry node, so the
-        reactor goes on reading other chunks while one is checked."""
+        self._in_flight: dict[tuple[str, int, str], _SharedGet] = {}
         self.settings = settings
         self.replicas = min(settings.replicas, len(self.holders))
         self._turn = itertools.count()
@@ -179,7 +189,17 @@ class ChunkClient:
     def digest(self, data: bytes) -> "Deferred[str]":
         """The digest naming a chunk's bytes, hashed where fetched chunks are
         verified: in the thread pool on a registry node."""
-        return self.verify(data)
+        return self.hash_in(sha256_digest, data)
+
+    def name(self, data: bytes, digest: str = "") -> "Deferred[tuple[str, str]]":
+        """A cut chunk's name and check, in one trip to where chunks are hashed;
+        a name already known (`digest`) is not computed again."""
+        return self.hash_in(name_of, data, digest)
+
+    def matches(self, data: bytes, digest: str, check: str) -> "Deferred[bool]":
+        """Whether fetched bytes are the chunk (`chunk_matches`), hashed where
+        chunks are hashed."""
+        return self.hash_in(chunk_matches, data, digest, check)
 
     def candidates(self, digest: str) -> list[str]:
         """Every relay in the order a chunk is looked for: homes, then the rank."""
@@ -274,32 +294,39 @@ class ChunkClient:
 
         return call.addCallbacks(stored, failed)
 
-    def get(self, digest: str, size: int) -> "Deferred[bytes]":
+    def get(self, digest: str, size: int, check: str = "") -> "Deferred[bytes]":
         """A chunk's verified bytes, from whichever holder gives them first.
+
+        The bytes are verified against the chunk's `check` when the caller knows
+        it (a recipe lists it), else against its name (`chunk_matches`). Relays
+        send what they hold without hashing it: this is where a copy rotten on a
+        relay's disk is caught, and that relay is sent the good bytes.
 
         Concurrent gets of one chunk (many clients pulling one layer) share one
         race to the holders: the relays send it once. Each caller may cancel its
         own get; the race is cancelled when the last of them has.
         """
-        shared = self._in_flight.get((digest, size))
+        key = (digest, size, check)
+        shared = self._in_flight.get(key)
         if shared is None:
-            shared = _SharedGet(Deferred.fromCoroutine(self._race(digest, size)))
-            self._in_flight[(digest, size)] = shared
-            shared.race.addBoth(self._race_over, (digest, size))
+            shared = _SharedGet(Deferred.fromCoroutine(self._race(*key)))
+            self._in_flight[key] = shared
+            shared.race.addBoth(self._race_over, key)
         return shared.join()
 
-    def _race_over(self, result: object, key: tuple[str, int]) -> object:
+    def _race_over(self, result: object, key: tuple[str, int, str]) -> object:
         self._in_flight.pop(key, None)
         return result
 
-    async def _race(self, digest: str, size: int) -> bytes:
+    async def _race(self, digest: str, size: int, check: str) -> bytes:
         candidates = [
             name for name in self.candidates(digest) if self.bus.reachable(name)
         ]
         if not candidates:
             raise StorageUnavailable(f"no relay that may hold {digest} is reachable")
         homes = set(candidates[: self.replicas])
-        return await _Race(self, digest, size, self._order(candidates), homes).run()
+        order = self._order(candidates)
+        return await _Race(self, digest, size, check, order, homes).run()
 
     def _order(self, candidates: list[str]) -> list[str]:
         """Homes least loaded first (ties rotating), then the rest of the rank.
@@ -381,12 +408,14 @@ class _Race:
         client: ChunkClient,
         digest: str,
         size: int,
+        check: str,
         order: list[str],
         homes: set[str],
     ) -> None:
         self.client = client
         self.digest = digest
         self.size = size
+        self.check = check
         self.homes = homes
         self.to_repair: list[str] = []
         self.waiting = list(order)
@@ -454,7 +483,11 @@ class _Race:
         if self.done.called:
             del self.asked[name]
             return
-        checking = self.client.verify(reply.data)
+        data = reply.data
+        if len(data) != self.size:
+            checking: Deferred[bool] = succeed(False)
+        else:
+            checking = self.client.matches(data, self.digest, self.check)
         self.asked[name] = checking
         checking.addCallbacks(
             self._verified,
@@ -463,11 +496,10 @@ class _Race:
             errbackArgs=(name,),
         )
 
-    def _verified(self, actual: str, data: bytes, name: str) -> None:
+    def _verified(self, good: bool, data: bytes, name: str) -> None:
         del self.asked[name]
         if self.done.called:
             return
-        good = actual == self.digest and len(data) == self.size
         self.client.observer.chunk_fetch(name, "ok" if good else "bad_bytes")
         if not good:
             self.client.log.error(
@@ -476,6 +508,8 @@ class _Race:
                 relay=name,
             )
             self.errors.append(f"{name}: bad bytes")
+            if name in self.homes:
+                self.to_repair.append(name)
             self._ask_next()
             return
         self._stop()

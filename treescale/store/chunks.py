@@ -271,32 +271,29 @@ class ChunkStore:
         """
         return b"".join(self._read_verified(digest, -1))
 
-    def read_pieces(self, digest: str, piece_size: int) -> tuple[bytes, ...]:
-        """The whole chunk, verified as `read` verifies it, in pieces of at most
+    def read_unchecked(self, digest: str, piece_size: int) -> tuple[bytes, ...]:
+        """The chunk's bytes as they are on disk, not hashed, in pieces of at most
         `piece_size` bytes (none for an empty chunk).
 
-        A relay sends a chunk in pieces; read so, each is its own buffer, and none
-        has to be cut from the whole again (a copy of every byte).
+        For a relay answering a chunk-get: the requester verifies every chunk it
+        fetches (`treescale.store.chunkclient`), so hashing here too would only
+        hash each byte of a pull twice. A rotten copy is caught there, and the
+        requester puts the good bytes back in its place; the scrub catches the
+        copies nobody reads. Read in pieces, each is its own buffer, and none has
+        to be cut from the whole again (a copy of every byte).
         """
         if piece_size < 1:
             raise ValueError(f"a piece size must be positive, not {piece_size}")
-        return self._read_verified(digest, piece_size)
+        pieces, _inode = self._read_raw(_hex_of(digest), piece_size)
+        return pieces
 
     def _read_verified(self, digest: str, piece_size: int) -> tuple[bytes, ...]:
         """The chunk's bytes in reads of `piece_size` (-1: one read), checked."""
         hex_digest = _hex_of(digest)
-        path = self._path_of(hex_digest)
+        pieces, inode = self._read_raw(hex_digest, piece_size)
         hasher = hashlib.sha256()
-        pieces = []
-
-        try:
-            with open(path, "rb", buffering=0) as chunk_file:
-                inode = os.fstat(chunk_file.fileno()).st_ino
-                while piece := chunk_file.read(piece_size):
-                    hasher.update(piece)
-                    pieces.append(piece)
-        except FileNotFoundError:
-            raise ChunkMissing(digest) from None
+        for piece in pieces:
+            hasher.update(piece)
 
         actual = hasher.hexdigest()
         if actual != hex_digest:
@@ -306,7 +303,22 @@ class ChunkStore:
                 f"stored bytes of {digest} ({size} bytes) hash to sha256:{actual}"
             )
 
-        return tuple(pieces)
+        return pieces
+
+    def _read_raw(
+        self, hex_digest: str, piece_size: int
+    ) -> tuple[tuple[bytes, ...], int]:
+        """A chunk file's bytes in reads of `piece_size` (-1: one read), and its
+        inode; `ChunkMissing` when there is no such file."""
+        pieces = []
+        try:
+            with open(self._path_of(hex_digest), "rb", buffering=0) as chunk_file:
+                inode = os.fstat(chunk_file.fileno()).st_ino
+                while piece := chunk_file.read(piece_size):
+                    pieces.append(piece)
+        except FileNotFoundError:
+            raise ChunkMissing(f"{ALGORITHM}:{hex_digest}") from None
+        return tuple(pieces), inode
 
     def delete(self, digest: str) -> None:
         """Remove a chunk; deleting one that is not there is not an error.

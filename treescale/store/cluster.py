@@ -3,7 +3,6 @@
 from functools import partial
 from typing import cast
 
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer, IReactorFromThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -21,7 +20,7 @@ from treescale.store.blobs import (
 )
 from treescale.store.budget import ChunkBudget
 from treescale.store.chunkclient import ChunkClient, ChunkSettings
-from treescale.store.digests import ALGORITHM, digest_of, sha256_digest
+from treescale.store.digests import ALGORITHM, digest_of
 from treescale.store.errors import BlobUnknown, StorageUnavailable
 from treescale.store.placement import holders_of
 from treescale.store.rebalance import read_rebalance_status
@@ -47,12 +46,12 @@ class ClusterStorage:
         self.chunk_size = topology.chunk_size
         self.window = topology.window
         self.budget = ChunkBudget(topology.buffer_chunks)
-        verify = None
+        hash_in = None
         if pool is not None:
             reactor = cast(IReactorFromThreads, clock)
-            verify = partial(_digest_in_pool, reactor, pool)
+            hash_in = partial(deferToThreadPool, reactor, pool)
         self.chunks = ChunkClient(
-            bus, holders, clock, ChunkSettings(replicas=topology.replicas), verify
+            bus, holders, clock, ChunkSettings(replicas=topology.replicas), hash_in
         )
         self.records = RecordClient(
             bus, holders, topology.record_replicas, HybridClock(bus.me.id)
@@ -145,11 +144,3 @@ class ClusterStorage:
 
     async def record_list(self, prefix: str, after: str, limit: int) -> list[str]:
         return await self.records.list_keys(prefix, after, limit)
-
-
-def _digest_in_pool(
-    reactor: IReactorFromThreads, pool: ThreadPool, data: bytes
-) -> "Deferred[str]":
-    """A chunk's digest computed in `pool`: hashlib lets go of the GIL while it
-    hashes, so the reactor thread keeps serving meanwhile."""
-    return deferToThreadPool(reactor, pool, sha256_digest, data)
