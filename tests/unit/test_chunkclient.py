@@ -407,7 +407,7 @@ def test_home_that_lost_its_copy_is_sent_the_good_bytes() -> None:
     puts = [call for call in bus.calls if call.kind == Kind.CHUNK_PUT]
     assert [call.dest for call in puts] == [order[0]]
     assert puts[0].data == DATA
-    assert puts[0].meta == {"digest": DIGEST, "size": len(DATA)}
+    assert puts[0].meta == {"digest": DIGEST, "size": len(DATA), "repair": True}
 
 
 def test_home_that_sent_bad_bytes_is_sent_the_good_bytes() -> None:

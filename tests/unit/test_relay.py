@@ -197,17 +197,34 @@ def test_rotten_copy_is_sent_as_stored_and_a_put_replaces_it(
     relay: Relay, tmp_path: Path
 ) -> None:
     """A chunk-get sends the bytes as stored, unhashed (the requester verifies
-    them, and puts the good bytes back); that put replaces the rotten copy."""
-    answer(relay, Kind.CHUNK_PUT, {"digest": DIGEST, "size": len(DATA)}, DATA)
+    them, and puts the good bytes back); that repair put sets the rotten copy
+    aside in quarantine and replaces it."""
+    meta = {"digest": DIGEST, "size": len(DATA)}
+    answer(relay, Kind.CHUNK_PUT, meta, DATA)
     [path] = chunk_files(tmp_path)
     path.write_bytes(DATA[:-1] + b"#")
 
     rotten = answer(relay, Kind.CHUNK_GET, {"digest": DIGEST})
-    answer(relay, Kind.CHUNK_PUT, {"digest": DIGEST, "size": len(DATA)}, DATA)
+    answer(relay, Kind.CHUNK_PUT, {**meta, "repair": True}, DATA)
     repaired = answer(relay, Kind.CHUNK_GET, {"digest": DIGEST})
 
     assert b"".join(rotten.pieces) == DATA[:-1] + b"#"
     assert b"".join(repaired.pieces) == DATA
+    assert ChunkStore(tmp_path).read(DIGEST) == DATA
+    [aside] = (tmp_path / "quarantine").iterdir()
+    assert aside.read_bytes() == DATA[:-1] + b"#"
+
+
+def test_repair_put_keeps_a_sound_copy_where_it_is(
+    relay: Relay, tmp_path: Path
+) -> None:
+    """A repair put of a chunk whose copy here is sound sets nothing aside."""
+    meta = {"digest": DIGEST, "size": len(DATA)}
+    answer(relay, Kind.CHUNK_PUT, meta, DATA)
+
+    answer(relay, Kind.CHUNK_PUT, {**meta, "repair": True}, DATA)
+
+    assert list((tmp_path / "quarantine").iterdir()) == []
     assert ChunkStore(tmp_path).read(DIGEST) == DATA
 
 

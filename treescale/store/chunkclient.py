@@ -269,8 +269,15 @@ class ChunkClient:
             n for n in names if n in suspect
         ]
 
-    def _put_one(self, name: str, digest: str, data: bytes) -> "Deferred[bool]":
-        meta = {"digest": digest, "size": len(data)}
+    def _put_one(
+        self, name: str, digest: str, data: bytes, repair: bool = False
+    ) -> "Deferred[bool]":
+        """Put a chunk on one relay; with `repair`, the relay sets its own copy
+        aside first if that copy no longer matches (it sent bad bytes, or lost
+        it), so an operator can look at what rotted."""
+        meta: dict[str, object] = {"digest": digest, "size": len(data)}
+        if repair:
+            meta["repair"] = True
         call = self.bus.request(
             name, Kind.CHUNK_PUT, meta, data, timeout=self.settings.put_timeout
         )
@@ -524,7 +531,8 @@ class _Race:
             self.client.log.info(
                 "re-creating chunk {digest} on {relay}", digest=self.digest, relay=name
             )
-            self.client._put_one(name, self.digest, data).addErrback(lambda _: None)
+            put = self.client._put_one(name, self.digest, data, repair=True)
+            put.addErrback(lambda _: None)
 
     def _failed(self, failure: Failure, name: str) -> None:
         self.asked.pop(name, None)

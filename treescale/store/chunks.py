@@ -287,6 +287,17 @@ class ChunkStore:
         pieces, _inode = self._read_raw(_hex_of(digest), piece_size)
         return pieces
 
+    def set_aside_if_corrupt(self, digest: str) -> bool:
+        """Move the chunk's file to quarantine if its bytes no longer match its
+        digest; whether it did. A missing or sound chunk is left as it is."""
+        try:
+            self._read_verified(digest, -1)
+        except ChunkMissing:
+            return False
+        except ChunkCorrupt:
+            return True
+        return False
+
     def _read_verified(self, digest: str, piece_size: int) -> tuple[bytes, ...]:
         """The chunk's bytes in reads of `piece_size` (-1: one read), checked."""
         hex_digest = _hex_of(digest)

@@ -169,13 +169,22 @@ class Relay:
         return result
 
     async def chunk_put(self, message: Message) -> Message:
-        """Keep a chunk whose bytes hash to its digest; refuse anything else."""
+        """Keep a chunk whose bytes hash to its digest; refuse anything else.
+
+        A put marked ``repair`` comes from a requester that found this relay's
+        copy missing or rotten: a copy that fails its digest is set aside in
+        quarantine (and logged) before the good bytes take its place.
+        """
         digest = _digest_of(message)
         size = message.meta.get("size")
         if not isinstance(size, int) or size != len(message.data):
             raise HandlerError("bad_request", "chunk size does not match its data")
         if size > self.max_chunk:
             raise HandlerError("too_large", f"chunk over {self.max_chunk} bytes")
+        if message.meta.get("repair") is True:
+            await deferToThreadPool(
+                self.reactor, self.pool, self.chunks.set_aside_if_corrupt, digest
+            )
         try:
             await deferToThreadPool(
                 self.reactor, self.pool, self.chunks.write, digest, message.data
