@@ -14,7 +14,8 @@ from twisted.internet.testing import StringTransport
 
 from tests.unit.bustest import BusTree, failure, success
 from treescale.bus.frames import PIECE_SIZE, Frame, FrameDecoder, Kind
-from treescale.bus.link import READ_SIZE, SEND_SIZE, Link, tune_socket_io
+from treescale.bus.link import READ_SIZE, SEND_SIZE, Link
+from treescale.sockets import tune_socket_io
 from treescale.bus.node import Message, RemoteError
 
 
@@ -27,6 +28,10 @@ class TcpLike(StringTransport):
     def __init__(self) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.calls: list[str] = []
+        self.no_delay = False
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        self.no_delay = enabled
 
     def write(self, data: bytes) -> None:
         self.calls.append("write")
@@ -49,7 +54,7 @@ def test_tuning_widens_reads_and_sends_of_this_transport_only() -> None:
     """The transport's read size and send limit grow; the class keeps its own."""
     transport = TcpLike()
 
-    tune_socket_io(transport)
+    tune_socket_io(transport, READ_SIZE, SEND_SIZE)
 
     assert (transport.bufferSize, transport.SEND_LIMIT) == (READ_SIZE, SEND_SIZE)
     assert FileDescriptor.bufferSize < READ_SIZE
@@ -57,20 +62,31 @@ def test_tuning_widens_reads_and_sends_of_this_transport_only() -> None:
     assert TcpLike.bufferSize == FileDescriptor.bufferSize
 
 
+def test_tuning_sends_small_writes_at_once() -> None:
+    """Nagle's algorithm is turned off: a small request written after bulk data
+    is not held back for the peer's delayed acknowledgement."""
+    transport = TcpLike()
+
+    tune_socket_io(transport, READ_SIZE, SEND_SIZE)
+
+    assert transport.no_delay
+
+
 def test_tuning_reaches_the_tcp_transport_under_a_wrapping_one() -> None:
     """Under TLS it is the TCP transport below that is widened."""
     inner = TcpLike()
 
-    tune_socket_io(Wrapping(inner))
+    tune_socket_io(Wrapping(inner), READ_SIZE, SEND_SIZE)
 
     assert (inner.bufferSize, inner.SEND_LIMIT) == (READ_SIZE, SEND_SIZE)
+    assert inner.no_delay
 
 
 def test_tuning_leaves_a_transport_without_the_knobs_alone() -> None:
     """A transport that is not one of Twisted's file descriptors is not touched."""
     transport = StringTransport()  # type: ignore[no-untyped-call]
 
-    tune_socket_io(transport)
+    tune_socket_io(transport, READ_SIZE, SEND_SIZE)
 
     assert not hasattr(transport, "SEND_LIMIT")
 

@@ -32,6 +32,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from treescale.bus.frames import Frame, FrameDecoder, FrameError, Kind, encode_parts
+from treescale.sockets import tune_socket_io
 
 if TYPE_CHECKING:
     from treescale.bus.node import BusNode
@@ -49,19 +50,6 @@ SEND_SIZE = 4 * 1024 * 1024
 """The most a link hands its socket in one send. Twisted's default, 128 KiB, sends
 that much per pass through the reactor, which holds a busy node's link far below
 what loopback or a fast network carries; the kernel takes what fits either way."""
-
-
-def tune_socket_io(transport: object) -> None:
-    """Read and send in larger pieces on a TCP transport, and on the TCP transport
-    under a TLS one; a transport without Twisted's two knobs is left as it is.
-
-    The knobs are the class attributes `bufferSize` (read size and pause threshold)
-    and `SEND_LIMIT` of Twisted's file descriptors, set here on the one instance.
-    """
-    for layer in (transport, getattr(transport, "transport", None)):
-        if hasattr(layer, "bufferSize") and hasattr(layer, "SEND_LIMIT"):
-            layer.bufferSize = READ_SIZE
-            layer.SEND_LIMIT = SEND_SIZE
 
 
 @dataclass(frozen=True)
@@ -119,7 +107,7 @@ class Link(Protocol):
     def connectionMade(self) -> None:
         assert self.transport is not None
         self.transport.registerProducer(self, True)  # type: ignore[attr-defined]
-        tune_socket_io(self.transport)
+        tune_socket_io(self.transport, READ_SIZE, SEND_SIZE)
         self._last_heard = self.clock.seconds()
         self._handshake_timer = self.clock.callLater(
             self.settings.handshake_timeout, self._handshake_expired

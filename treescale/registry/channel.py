@@ -32,6 +32,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 
+from treescale.sockets import tune_socket_io
+
 TLS_HANDSHAKE_RECORD = 0x16
 
 # No body is 10**18 bytes long; a longer number is a client's mistake or an attack.
@@ -163,22 +165,6 @@ a pass through the reactor, holds a pull far below what the client could take
 while the reactor also reads the chunks from the bus; the kernel takes what fits."""
 
 
-def tune_socket_io(transport: object) -> None:
-    """Read and send in larger pieces on a TCP transport (and the TCP transport
-    under TLS); a transport without Twisted's two knobs is left as it is.
-
-    The knobs are the class attributes `bufferSize` (read size, and how much
-    unsent data pauses a producer) and `SEND_LIMIT` of Twisted's file
-    descriptors, set on the one instance. A blob read writes a chunk at a time
-    and waits until it is sent whatever the pause threshold, so a larger one
-    holds no more memory.
-    """
-    for layer in (transport, getattr(transport, "transport", None)):
-        if hasattr(layer, "bufferSize") and hasattr(layer, "SEND_LIMIT"):
-            layer.bufferSize = READ_SIZE
-            layer.SEND_LIMIT = SEND_SIZE
-
-
 PACE_CHECK_INTERVAL = 1.0
 """Seconds between looks at a busy connection's pace."""
 
@@ -202,7 +188,7 @@ class RegistryChannel(HTTPChannel):
         if isinstance(site_limits, PaceLimits):
             self.pace_limits = site_limits
         self._pace = Pace(self.pace_limits)
-        tune_socket_io(self.transport)
+        tune_socket_io(self.transport, READ_SIZE, SEND_SIZE)
         super().connectionMade()  # type: ignore[no-untyped-call]
 
     def dataReceived(self, data: bytes) -> None:
