@@ -15,8 +15,8 @@ from twisted.internet.testing import StringTransport
 from tests.unit.bustest import BusTree, failure, success
 from treescale.bus.frames import PIECE_SIZE, Frame, FrameDecoder, Kind
 from treescale.bus.link import READ_SIZE, SEND_SIZE, Link
+from treescale.bus.node import EventIds, Message, RemoteError
 from treescale.sockets import tune_socket_io
-from treescale.bus.node import Message, RemoteError
 
 
 class TcpLike(StringTransport):
@@ -168,3 +168,14 @@ def test_reply_with_an_oversized_piece_is_refused_by_its_sender() -> None:
     error = failure(d).value
     assert isinstance(error, RemoteError)
     assert error.code == "internal"
+
+
+def test_event_ids_are_positive_63_bit_and_distinct() -> None:
+    """Event ids drawn in batches stay within 1..2**63 and do not repeat across
+    several batches."""
+    source = EventIds()
+
+    ids = [source.next() for _ in range(EventIds.BATCH * 3)]
+
+    assert all(1 <= event_id <= 2**63 for event_id in ids)
+    assert len(set(ids)) == len(ids)

@@ -22,7 +22,7 @@ the handshake, and `check_identity` holds each HELLO to the peer's certificate.
 
 import hashlib
 import json
-import random
+import os
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -221,7 +221,7 @@ class BusNode(MultiService):
         self._inbound: dict[int, _Inbound] = {}
         self._seen: OrderedDict[int, None] = OrderedDict()
         self._port: IListeningPort | None = None
-        self._random = random.SystemRandom()
+        self._ids_source = EventIds()
         self._refused_dials = 0
         self._backoff = backoffPolicy(
             initialDelay=DIAL_INITIAL_DELAY, maxDelay=DIAL_MAX_DELAY
@@ -990,4 +990,27 @@ class BusNode(MultiService):
             self._request_arrived(frame, came_from)
 
     def _new_id(self) -> int:
-        return self._random.getrandbits(63) + 1
+        return self._ids_source.next()
+
+
+class EventIds:
+    """Event ids: unpredictable 63-bit numbers, never zero.
+
+    Drawn from the operating system's random source a batch at a time: one
+    system call a frame (as `random.SystemRandom` makes) was a few percent of a
+    relay's time sending a chunk as sixteen frames.
+    """
+
+    BATCH = 512
+
+    def __init__(self) -> None:
+        self._pool = b""
+        self._at = 0
+
+    def next(self) -> int:
+        if self._at >= len(self._pool):
+            self._pool = os.urandom(8 * self.BATCH)
+            self._at = 0
+        raw = self._pool[self._at : self._at + 8]
+        self._at += 8
+        return (int.from_bytes(raw, "big") >> 1) + 1

@@ -49,7 +49,6 @@ sent; bytes that do not match are neither.
 # are bounded by the requests taken (`max_taken`). A reply being sent shares the
 # bytes of the cache or of its fetch; it makes no copy but one piece at a time.
 
-import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -66,6 +65,7 @@ from treescale.bus.frames import PIECE_SIZE, Flag, Frame, FrameError, Kind
 from treescale.bus.node import (
     BusError,
     BusNode,
+    EventIds,
     LinkLost,
     Message,
     RemoteError,
@@ -184,7 +184,7 @@ class ChunkTransit:
         self._primes = _primes_of(bus.topology)
         self._taken: dict[int, _Waiter] = {}
         self._fetches: dict[str, dict[str, _Fetch]] = {}
-        self._random = random.SystemRandom()
+        self._ids = EventIds()
         self._counts = dict.fromkeys(TransitCounts.__dataclass_fields__, 0)
         bus.transit[Kind.CHUNK_GET] = self.take_request
         bus.transit[Kind.CANCEL] = self.take_cancel
@@ -515,7 +515,7 @@ class ChunkTransit:
         """A frame of the answer to `waiter`, routed to its origin."""
         return Frame(
             kind,
-            self._random.getrandbits(63) + 1,
+            self._ids.next(),
             correlation=waiter.correlation,
             route=self.bus.routes.route_to([waiter.origin]),
             flags=Flag.END if last else Flag.NONE,
