@@ -38,6 +38,7 @@ from treescale.auth.endpoint import TokenResource
 from treescale.auth.htpasswd import HtpasswdError
 from treescale.auth.keys import KeyUnusable
 from treescale.auth.settings import NONE, TOKEN, check_auth_files
+from treescale.bus.local import LocalNodes
 from treescale.bus.node import BusNode
 from treescale.bus.tls import BusTls, TlsUnusable, load_bus_tls, plain_bus_refusal
 from treescale.config import ConfigError, NodeConfig, Topology
@@ -97,19 +98,29 @@ def make_process_service(
     if refusal is not None:
         fail_start(refusal)
     top = _Process()  # type: ignore[no-untyped-call]
-    buses = [make_node_service(topology, node, reactor) for node in nodes]
+    # The nodes of this process link to each other in memory (treescale.bus.local).
+    local = LocalNodes(planned={node.name for node in nodes})
+    buses = [make_node_service(topology, node, reactor, local) for node in nodes]
     for bus in buses:
         bus.setServiceParent(top)  # type: ignore[no-untyped-call]
     # A process that runs every local node also starts those an edit adds here.
-    start_node = None if names else partial(make_node_service, reactor=reactor)
+    start_node = (
+        None if names else partial(make_node_service, reactor=reactor, local=local)
+    )
     reloader = Reloader(topology, buses, data_dir, process=top, start_node=start_node)
     reload_on_hangup(reloader, reactor)
     return top
 
 
-def make_node_service(topology: Topology, node: NodeConfig, reactor: Any) -> BusNode:
-    """One node: its bus, and a relay or a registry (or both) on top of it."""
-    bus = BusNode(topology, node, reactor, reactor, tls=make_bus_tls(topology, node))
+def make_node_service(
+    topology: Topology, node: NodeConfig, reactor: Any, local: LocalNodes | None = None
+) -> BusNode:
+    """One node: its bus, and a relay or a registry (or both) on top of it.
+
+    `local` holds the other nodes of this process, which it links to in memory.
+    """
+    tls = make_bus_tls(topology, node)
+    bus = BusNode(topology, node, reactor, reactor, tls=tls, local=local)
     if node.is_store:
         root = Path(topology.data_dir).resolve() / node.name
         Relay(

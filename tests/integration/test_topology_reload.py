@@ -29,6 +29,7 @@ from .cluster import (
 from .images import MiB, OciImage, Skopeo
 from .test_failures import (
     REPOSITORY,
+    assert_pulls_back,
     image_chunk_names,
     nodes_with_tracebacks,
     reference,
@@ -142,11 +143,12 @@ def relays_up(http_port: int) -> object:
 
 
 def test_one_process_of_every_local_node_starts_and_stops_relays(
-    tmp_path: Path,
+    tmp_path: Path, skopeo: Skopeo, image: OciImage
 ) -> None:
-    """The embedded default's way: one twistd runs every node of the file; a
-    relay added to the file starts in that process on reload, and one drained
-    and removed stops there."""
+    """The embedded default's way: one twistd runs every node of the file, its
+    nodes linked in memory; an image pushes and pulls back whole; a relay added
+    to the file starts in that process on reload, links in memory too, and one
+    drained and removed stops there."""
     topology = write_topology(tmp_path / "tree")
     log = tmp_path / "all.log"
     process = subprocess.Popen(
@@ -168,12 +170,22 @@ def test_one_process_of_every_local_node_starts_and_stops_relays(
     )
     try:
         wait_for(lambda: relays_up(topology.http_port) == 3, "3 relays", LINK_TIMEOUT)
+        for relay in RELAYS:
+            assert f"{REGISTRY} <-> {relay} ({relay} (in this process))" in (
+                log.read_text()
+            )
+        ref = f"127.0.0.1:{topology.http_port}/{REPOSITORY}:one"
+        skopeo.push(image, ref)
+        assert_pulls_back(skopeo, ref, image, tmp_path / "pulled")
 
         grown = edit_topology(topology, relays=(*RELAYS, NEW_RELAY), version=2)
         finished = reload_pids(grown.path, [process.pid])
         assert finished.returncode == 0, finished.stderr
         assert "relay-d added; relay-d started here" in finished.stdout
         wait_for(lambda: relays_up(topology.http_port) == 4, "4 relays", LINK_TIMEOUT)
+        assert f"{NEW_RELAY} <-> {REGISTRY} ({REGISTRY} (in this process))" in (
+            log.read_text()
+        )
 
         edit_topology(grown, relays=grown.relays, version=3, draining=(NEW_RELAY,))
         assert reload_pids(grown.path, [process.pid]).returncode == 0

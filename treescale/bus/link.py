@@ -32,6 +32,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from treescale.bus.frames import Frame, FrameDecoder, FrameError, Kind, encode_parts
+from treescale.bus.local import LocalTransport
 from treescale.sockets import tune_socket_io
 
 if TYPE_CHECKING:
@@ -107,6 +108,8 @@ class Link(Protocol):
     def connectionMade(self) -> None:
         assert self.transport is not None
         self.transport.registerProducer(self, True)  # type: ignore[attr-defined]
+        if isinstance(self.transport, LocalTransport):
+            self.transport.attach(self)
         tune_socket_io(self.transport, READ_SIZE, SEND_SIZE)
         self._last_heard = self.clock.seconds()
         self._handshake_timer = self.clock.callLater(
@@ -125,6 +128,13 @@ class Link(Protocol):
         self._writable_waiters = []
         if self.peer is not None:
             self.node.link_lost(self.peer, self)
+
+    def frame_arrived(self, frame: Frame) -> None:
+        """A whole frame from a node of this process (`treescale.bus.local`)."""
+        self._last_heard = self.clock.seconds()
+        self.bytes_received += len(frame.payload)
+        if not self._closed:
+            self._frame_received(frame)
 
     def dataReceived(self, data: bytes) -> None:
         self._last_heard = self.clock.seconds()
@@ -221,6 +231,10 @@ class Link(Protocol):
     def send(self, frame: Frame) -> None:
         """Write one frame; drops the link when too much is waiting unsent."""
         if self._closed or self.transport is None:
+            return
+        if isinstance(self.transport, LocalTransport):
+            self.transport.send_frame(frame)
+            self.bytes_sent += len(frame.payload)
             return
         head, payload = encode_parts(frame)
         if self._paused:

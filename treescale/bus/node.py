@@ -45,6 +45,7 @@ from twisted.python.failure import Failure
 
 from treescale.bus.frames import PIECE_SIZE, Flag, Frame, FrameError, Kind
 from treescale.bus.link import PROTOCOL_VERSION, Link, LinkFactory, LinkSettings
+from treescale.bus.local import LocalEndpoint, LocalNodes, LocalTransport
 from treescale.bus.routing import RouteError, RouteTable, nth_prime
 from treescale.bus.tls import BusTls, peer_certificate
 from treescale.config import Address, NodeConfig, Topology, is_loopback_host
@@ -186,10 +187,14 @@ class BusNode(MultiService):
         link_settings: LinkSettings = DEFAULT_LINK_SETTINGS,
         max_request_data: int | None = None,
         tls: BusTls | None = None,
+        local: LocalNodes | None = None,
     ) -> None:
+        """`local`, when given, holds the nodes of this process: a parent among
+        them is linked in memory (`treescale.bus.local`), not over TCP."""
         super().__init__()  # type: ignore[no-untyped-call]
         self.topology = topology
         self.tls = tls
+        self.local = local
         self.me = me
         self.reactor = reactor
         self.clock = clock
@@ -227,6 +232,8 @@ class BusNode(MultiService):
             initialDelay=DIAL_INITIAL_DELAY, maxDelay=DIAL_MAX_DELAY
         )
         self._dialer: ClientService | None = None
+        if local is not None:
+            local.add(self)
         self._dial_parent()
 
     def _dial_parent(self) -> None:
@@ -296,6 +303,14 @@ class BusNode(MultiService):
         return why
 
     def _parent_endpoint(self, parent: NodeConfig) -> IStreamClientEndpoint:
+        if self.local is not None and self.local.hosts(parent.name):
+            return LocalEndpoint(
+                self.local,
+                self.me.name,
+                parent.name,
+                self.clock,
+                lambda node: LinkFactory(node, None),
+            )
         endpoint: IStreamClientEndpoint = TCP4ClientEndpoint(
             self.reactor, parent.bus.host, parent.bus.port, timeout=10
         )
@@ -352,6 +367,8 @@ class BusNode(MultiService):
         return self.tls.listening_factory(factory, self.clock)
 
     async def _stop(self) -> None:
+        if self.local is not None:
+            self.local.remove(self)
         await super().stopService()  # type: ignore[no-untyped-call]
         if self._port is not None:
             await self._port.stopListening()  # type: ignore[misc]
@@ -485,15 +502,15 @@ class BusNode(MultiService):
     def check_identity(self, peer: str, transport: object) -> str | None:
         """Why a peer whose HELLO passed is refused on the certificate it showed on
         `transport` (None when accepted); on a plain bus every such HELLO is
-        believed."""
-        if self.tls is None:
+        believed, as is a node of this process linked in memory."""
+        if self.tls is None or isinstance(transport, LocalTransport):
             return None
         return self.tls.refusal(peer, peer_certificate(transport))
 
     def tls_failure(self, reason: Failure | None, transport: object) -> str | None:
         """Why a link's TLS handshake failed, in words; None on a plain bus or
-        when the link ended for another reason."""
-        if self.tls is None:
+        when the link ended for another reason (or was linked in memory)."""
+        if self.tls is None or isinstance(transport, LocalTransport):
             return None
         return self.tls.handshake_failure(reason, transport)
 

@@ -1,0 +1,176 @@
+"""Nodes of one process linked in memory (`treescale.bus.local`).
+
+The nodes here are real `BusNode`s given one `LocalNodes`; starting the child's
+service makes it dial its parent through a `LocalEndpoint`, on a `Clock`, so the
+whole handshake, requests, backpressure and closing run as in a process, without
+a socket (the nodes' TCP reactor is a `MemoryReactorClock` nothing listens on).
+"""
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
+
+from tests.unit.bustest import failure, success, topology
+from treescale.bus.frames import Frame, Kind
+from treescale.bus.link import Link
+from treescale.bus.local import HIGH_WATER, LocalNodes, LocalTransport
+from treescale.bus.node import BusNode, LinkLost, Message
+
+TREE = topology((("root", None), ("a", "root")))
+
+
+def node(name: str, clock: Clock, local: LocalNodes) -> BusNode:
+    reactor = MemoryReactorClock()  # type: ignore[no-untyped-call]
+    return BusNode(TREE, TREE.node(name), reactor, clock, local=local)
+
+
+def linked_pair() -> tuple[BusNode, BusNode, Clock]:
+    """A parent and a child of one process, the child's dial started and done."""
+    clock, local = Clock(), LocalNodes(planned={"root", "a"})
+    root, child = node("root", clock, local), node("a", clock, local)
+    child.startService()  # type: ignore[no-untyped-call]
+    clock.advance(0)
+    clock.advance(0)
+    return root, child, clock
+
+
+def settle(clock: Clock) -> None:
+    """Let the reactor passes that hand frames over run."""
+    for _ in range(20):
+        clock.advance(0)
+
+
+def test_a_child_links_to_its_parent_in_memory() -> None:
+    """Starting the child links both ends over an in-memory transport, not TCP,
+    and both nodes see the link up under the other's name."""
+    root, child, _clock = linked_pair()
+
+    assert set(root.links) == {"a"} and set(child.links) == {"root"}
+    assert isinstance(child.links["root"].transport, LocalTransport)
+    assert child.reactor.tcpClients == []  # type: ignore[attr-defined]
+    assert "in this process" in root.links["a"].peer_address
+
+
+def test_a_request_and_its_data_cross_without_a_copy() -> None:
+    """A request with data gets its reply; the data arrives as the very object
+    sent, since nothing is encoded or copied on the way."""
+    root, child, clock = linked_pair()
+    seen: list[bytes] = []
+    piece = b"p" * 1000
+    asked = b"a" * 5000
+
+    async def echo(message: Message) -> Message:
+        seen.append(message.data)
+        return Message(Kind.REPLY, message.origin, {}, pieces=(piece, piece))
+
+    child.handlers[Kind.CHUNK_GET] = echo
+
+    reply = root.request("a", Kind.CHUNK_GET, {"digest": "x"}, asked)
+    settle(clock)
+
+    assert seen == [asked] and seen[0] is asked
+    assert success(reply).data == piece * 2
+
+
+def test_frames_arrive_on_a_later_pass_not_inside_the_send() -> None:
+    """A frame sent is handed over by the reactor later, in order, as a socket
+    would deliver it; never inside the sender's own call."""
+    root, child, clock = linked_pair()
+    got: list[int] = []
+    link = child.links["root"]
+    root_link = root.links["a"]
+    original = root_link._frame_received
+    root_link._frame_received = lambda frame: got.append(frame.event_id)  # type: ignore[method-assign]
+
+    for event_id in (11, 12, 13):
+        link.send(Frame(Kind.DATA, event_id, payload=b"x"))
+    assert got == []
+    settle(clock)
+
+    assert got == [11, 12, 13]
+    root_link._frame_received = original  # type: ignore[method-assign]
+
+
+def test_a_receiver_far_behind_pauses_the_sender_until_it_drains() -> None:
+    """Past the high water mark of queued bytes the sender's link stops being
+    writable; once the receiver has taken the frames it is writable again."""
+    _root, child, clock = linked_pair()
+    link = child.links["root"]
+    waited = link.wait_writable()
+    assert waited.called
+
+    piece = b"d" * (256 * 1024)
+    for index in range(HIGH_WATER // len(piece) + 1):
+        link.send(Frame(Kind.DATA, 100 + index, payload=piece))
+
+    assert not link.writable
+    later = link.wait_writable()
+    assert not later.called
+    settle(clock)
+
+    assert link.writable and later.called
+
+
+def test_a_held_link_takes_no_frames_until_released() -> None:
+    """A node holding its side of the link (forwarding onto a slow link) gets no
+    frames meanwhile; they all come, in order, once it lets go."""
+    root, child, clock = linked_pair()
+    got: list[int] = []
+    root_link: Link = root.links["a"]
+    root_link._frame_received = lambda frame: got.append(frame.event_id)  # type: ignore[method-assign]
+
+    root_link.hold()
+    for event_id in (21, 22):
+        child.links["root"].send(Frame(Kind.DATA, event_id, payload=b"y"))
+    settle(clock)
+    assert got == []
+
+    root_link.release()
+    settle(clock)
+    assert got == [21, 22]
+
+
+def test_closing_one_end_closes_both_and_the_child_dials_again() -> None:
+    """An aborted in-memory link is lost on both sides (requests on it fail at
+    once), and the child's dialler links it again after its back-off."""
+    root, child, clock = linked_pair()
+    pending: Deferred[Message] = root.request("a", Kind.CHUNK_GET, {"digest": "x"})
+
+    root.links["a"].abort("testing")
+    settle(clock)
+
+    assert root.links == {} and child.links == {}
+    assert isinstance(failure(pending).value, LinkLost)
+    for _ in range(10):
+        clock.advance(1)
+        settle(clock)
+    assert set(root.links) == {"a"} and set(child.links) == {"root"}
+
+
+def test_a_parent_not_built_yet_is_dialled_again_later() -> None:
+    """A child whose parent this process has not built yet is refused, as by a
+    parent not yet listening, and links once the parent is there."""
+    clock, local = Clock(), LocalNodes(planned={"root", "a"})
+    child = node("a", clock, local)
+    child.startService()  # type: ignore[no-untyped-call]
+    settle(clock)
+    assert child.links == {}
+
+    root = node("root", clock, local)
+    for _ in range(10):
+        clock.advance(1)
+        settle(clock)
+
+    assert set(child.links) == {"root"} and set(root.links) == {"a"}
+
+
+def test_a_stopped_node_leaves_the_process_registry() -> None:
+    """A node that stops is no longer offered to children dialling in memory."""
+    _root, child, clock = linked_pair()
+    local = child.local
+    assert local is not None and set(local.nodes) == {"root", "a"}
+
+    child.stopService()  # type: ignore[no-untyped-call]
+    settle(clock)
+
+    assert set(local.nodes) == {"root"}
