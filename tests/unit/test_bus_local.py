@@ -6,15 +6,19 @@ whole handshake, requests, backpressure and closing run as in a process, without
 a socket (the nodes' TCP reactor is a `MemoryReactorClock` nothing listens on).
 """
 
+from pathlib import Path
+
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 
-from tests.unit.bustest import failure, success, topology
+from tests.unit.bustest import InlinePool, failure, inline_reactor, success, topology
 from treescale.bus.frames import Frame, Kind
 from treescale.bus.link import Link
 from treescale.bus.local import HIGH_WATER, LocalNodes, LocalTransport
 from treescale.bus.node import BusNode, LinkLost, Message
+from treescale.store.digests import sha256_digest
+from treescale.store.relay import Relay
 
 TREE = topology((("root", None), ("a", "root")))
 
@@ -174,3 +178,59 @@ def test_a_stopped_node_leaves_the_process_registry() -> None:
     settle(clock)
 
     assert set(local.nodes) == {"root"}
+
+
+def test_data_to_a_neighbour_in_memory_goes_whole_as_one_frame() -> None:
+    """Data of many pieces' size, sent to a neighbour linked in memory, is one
+    DATA frame, and arrives as the very object sent: never cut, never joined."""
+    root, child, clock = linked_pair()
+    seen: list[bytes] = []
+    frames: list[int] = []
+    big = bytes(range(256)) * 4096  # 1 MiB: four pieces' worth
+
+    async def keep(message: Message) -> Message:
+        seen.append(message.data)
+        return Message(Kind.REPLY, message.origin, {})
+
+    child.handlers[Kind.CHUNK_PUT] = keep
+    link = child.links["root"]
+    original = link._frame_received
+
+    def counting(frame: Frame) -> None:
+        frames.append(frame.kind)
+        original(frame)
+
+    link._frame_received = counting  # type: ignore[method-assign]
+    done = root.request("a", Kind.CHUNK_PUT, {"digest": "x"}, big)
+    settle(clock)
+
+    success(done)
+    assert seen[0] is big
+    assert frames.count(Kind.DATA) == 1
+
+
+def test_a_relay_reads_a_chunk_whole_for_a_requester_of_its_process(
+    tmp_path: Path,
+) -> None:
+    """A relay answering a node of its own process reads the chunk in one piece
+    and hands it over whole; the requester gets the bytes stored."""
+    root, child, clock = linked_pair()
+    relay = Relay(child, tmp_path, inline_reactor(), InlinePool(), 8 * 1024 * 1024)
+    data = b"c" * (3 * 1024 * 1024)
+    relay.chunks.write(sha256_digest(data), data)
+    sizes: list[int] = []
+    read = relay.chunks.read_unchecked
+
+    def spying(digest: str, piece_size: int) -> tuple[bytes, ...]:
+        sizes.append(piece_size)
+        return read(digest, piece_size)
+
+    relay.chunks.read_unchecked = spying  # type: ignore[method-assign]
+    reply = root.request(
+        "a", Kind.CHUNK_GET, {"digest": sha256_digest(data)}, max_reply=len(data)
+    )
+    settle(clock)
+
+    assert success(reply).data == data
+    assert sizes == [-1]
+    assert child.in_memory("root") and root.in_memory("a")

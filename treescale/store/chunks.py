@@ -273,7 +273,7 @@ class ChunkStore:
 
     def read_unchecked(self, digest: str, piece_size: int) -> tuple[bytes, ...]:
         """The chunk's bytes as they are on disk, not hashed, in pieces of at most
-        `piece_size` bytes (none for an empty chunk).
+        `piece_size` bytes (-1: one piece; none for an empty chunk).
 
         For a relay answering a chunk-get: the requester verifies every chunk it
         fetches (`treescale.store.chunkclient`), so hashing here too would only
@@ -282,8 +282,8 @@ class ChunkStore:
         copies nobody reads. Read in pieces, each is its own buffer, and none has
         to be cut from the whole again (a copy of every byte).
         """
-        if piece_size < 1:
-            raise ValueError(f"a piece size must be positive, not {piece_size}")
+        if piece_size < 1 and piece_size != -1:
+            raise ValueError(f"a piece size must be positive or -1, not {piece_size}")
         pieces, _inode = self._read_raw(_hex_of(digest), piece_size)
         return pieces
 
