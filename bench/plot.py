@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bench.report import find, megabytes, near, reference_speed, unique
-from bench.results import LOOPBACK, PUSH, REFERENCE, STREAM, TREESCALE, Measurement
+from bench.results import (
+    LOOPBACK,
+    PUSH,
+    REFERENCE,
+    STREAM,
+    TREESCALE,
+    TREESCALE_ONE_PROCESS,
+    Measurement,
+)
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -117,15 +125,18 @@ def loopback_panel(axis: "Axes", measurements: Sequence[Measurement]) -> None:
     """Bars of MB/s on loopback: push and pull of each size, both servers."""
     cases = [m for m in measurements if m.phase == "loopback"]
     groups = unique((m.size, m.method) for m in cases)
-    for index, server in enumerate((REFERENCE, TREESCALE)):
+    servers = (REFERENCE, TREESCALE, TREESCALE_ONE_PROCESS)
+    labels = ("reference", "treescale, two processes", "treescale, one process")
+    width = 0.8 / len(servers)
+    for index, (server, label) in enumerate(zip(servers, labels, strict=True)):
         heights = []
         for size, method in groups:
             found = find(cases, size=size, method=method, server=server)
             heights.append(0.0 if found is None else found.mb_per_s)
-        positions = [g + index * 0.4 for g in range(len(groups))]
-        axis.bar(positions, heights, 0.4, label=server)
+        positions = [g + index * width for g in range(len(groups))]
+        axis.bar(positions, heights, width, label=label)
     axis.set_xticks(
-        [g + 0.2 for g in range(len(groups))],
+        [g + 0.4 - width / 2 for g in range(len(groups))],
         [
             f"{megabytes(size)}\n{'push' if method == PUSH else 'pull'}"
             for size, method in groups

@@ -18,6 +18,7 @@ from bench.results import (
     REFERENCE,
     STREAM,
     TREESCALE,
+    TREESCALE_ONE_PROCESS,
     Measurement,
 )
 
@@ -268,14 +269,32 @@ def concurrency_section(measurements: Sequence[Measurement]) -> list[str]:
     return lines
 
 
+LOOPBACK_TREES = (
+    (TREESCALE, "its registry node and relay in two processes"),
+    (TREESCALE_ONE_PROCESS, "its registry node and relay in one process"),
+)
+"""The trees measured on loopback, and how the report names each."""
+
+
 def loopback_section(measurements: Sequence[Measurement]) -> list[str]:
-    """Push and pull on loopback, treescale of one relay against the reference."""
+    """Push and pull on loopback, treescale of one relay against the reference:
+    a table for each way of running the tree."""
+    lines = []
+    for server, how in LOOPBACK_TREES:
+        lines += loopback_table(measurements, server, how)
+    return lines
+
+
+def loopback_table(
+    measurements: Sequence[Measurement], server: str, how: str
+) -> list[str]:
+    """Push and pull on loopback of one way of running the tree."""
     cases = [m for m in measurements if m.phase == "loopback"]
     rows = []
     for size in unique(m.size for m in cases):
         for method in (PUSH, STREAM):
             reference = find(cases, size=size, method=method, server=REFERENCE)
-            treescale = find(cases, size=size, method=method, server=TREESCALE)
+            treescale = find(cases, size=size, method=method, server=server)
             if reference is None or treescale is None:
                 continue
             rows.append(
@@ -292,7 +311,7 @@ def loopback_section(measurements: Sequence[Measurement]) -> list[str]:
     if not rows:
         return []
     return [
-        "### loopback, no limit, treescale with one relay",
+        f"### loopback, no limit, treescale with one relay, {how}",
         "",
         *table(
             [
@@ -339,14 +358,16 @@ def targets_section(measurements: Sequence[Measurement]) -> list[str]:
                     f"- {rate}: 3 relays pull 300 MB at {value:.2f}x the reference's "
                     f"{name} (target {goal}x): {verdict(value >= goal)}"
                 )
-    for method in (STREAM, PUSH):
-        worst = loopback_worst(measurements, method)
-        if worst is not None:
-            word = "pull" if method == STREAM else "push"
-            lines.append(
-                f"- loopback {word}: treescale at {worst[0]:.2f}x the reference at "
-                f"worst ({megabytes(worst[1])}; target 1x): {verdict(worst[0] >= 1)}"
-            )
+    for server, how in LOOPBACK_TREES:
+        for method in (STREAM, PUSH):
+            worst = loopback_worst(measurements, method, server)
+            if worst is not None:
+                word = "pull" if method == STREAM else "push"
+                lines.append(
+                    f"- loopback {word}, {how}: treescale at {worst[0]:.2f}x the "
+                    f"reference at worst ({megabytes(worst[1])}; target 1x): "
+                    f"{verdict(worst[0] >= 1)}"
+                )
     lines += fanout_targets(measurements)
     big = [
         m for m in measurements if m.server == TREESCALE and m.size >= TARGET_RSS_SIZE
@@ -454,12 +475,13 @@ def fanout_section(measurements: Sequence[Measurement]) -> list[str]:
 
 
 def loopback_worst(
-    measurements: Sequence[Measurement], method: str
+    measurements: Sequence[Measurement], method: str, server: str = TREESCALE
 ) -> tuple[float, int] | None:
-    """The lowest treescale / reference ratio on loopback by `method`, and its size."""
+    """The lowest ratio of `server` (a treescale tree) to the reference on
+    loopback by `method`, and its size."""
     ratios = []
     for m in measurements:
-        if m.phase == "loopback" and m.server == TREESCALE and m.method == method:
+        if m.phase == "loopback" and m.server == server and m.method == method:
             reference = find(
                 measurements,
                 phase="loopback",

@@ -15,6 +15,9 @@ LOOPBACK = "loopback"
 
 REFERENCE = "reference"
 TREESCALE = "treescale"
+TREESCALE_ONE_PROCESS = "treescale, one process"
+"""A tree whose nodes all run in one process (the embedded default's way), linked
+in memory; measured on loopback only."""
 
 STREAM = "stream"
 RANGES = "ranges"

@@ -47,6 +47,7 @@ from bench.results import (
     REFERENCE,
     STREAM,
     TREESCALE,
+    TREESCALE_ONE_PROCESS,
     Measurement,
 )
 from bench.servers import (
@@ -57,6 +58,7 @@ from bench.servers import (
     Tree,
     relays_on_links,
     relays_on_loopback,
+    start_one_process_tree,
     start_reference,
     start_tree,
 )
@@ -267,26 +269,49 @@ class Bench:
     # On loopback.
 
     def on_loopback(self) -> None:
-        """Push and pull every size on loopback, the reference then treescale."""
+        """Push and pull every size on loopback: the reference, then treescale
+        with its registry node and relay in two processes, then in one."""
         reference = start_reference(self.directory, self.processes, None, REPO)
-        tree = start_tree(
-            self.directory,
-            self.processes,
-            self.settings,
-            "loopback",
-            "127.0.0.1",
-            relays_on_loopback(1),
-        )
-        servers = [
-            (REFERENCE, Registry(reference.address, REPO), {REFERENCE: reference.pid}),
-            (TREESCALE, Registry(tree.address, REPO), tree.pids),
-        ]
+        trees = []
         try:
+            trees.append(
+                start_tree(
+                    self.directory,
+                    self.processes,
+                    self.settings,
+                    "loopback",
+                    "127.0.0.1",
+                    relays_on_loopback(1),
+                )
+            )
+            trees.append(
+                start_one_process_tree(
+                    self.directory,
+                    self.processes,
+                    self.settings,
+                    "loopback-one",
+                    relays_on_loopback(1),
+                )
+            )
+            servers = [
+                (
+                    REFERENCE,
+                    Registry(reference.address, REPO),
+                    {REFERENCE: reference.pid},
+                ),
+                (TREESCALE, Registry(trees[0].address, REPO), trees[0].pids),
+                (
+                    TREESCALE_ONE_PROCESS,
+                    Registry(trees[1].address, REPO),
+                    trees[1].pids,
+                ),
+            ]
             for size in self.plan.sizes:
                 self.loopback_size(size, servers)
         finally:
             self.stop_reference(reference)
-            self.stop_tree(tree)
+            for tree in trees:
+                self.stop_tree(tree)
 
     def loopback_size(
         self, size: int, servers: Sequence[tuple[str, Registry, dict[str, int]]]
@@ -322,7 +347,7 @@ class Bench:
     ) -> None:
         """One server's pushes or pulls of one size on loopback."""
         layer = pushed[0]
-        relays = len(pids) - 1 if server == TREESCALE else 0
+        relays = {REFERENCE: 0, TREESCALE: len(pids) - 1}.get(server, 1)
 
         def transfer(run: int) -> float:
             if method == PUSH:
@@ -341,6 +366,8 @@ class Bench:
             runs=len(pushed),
             profile_as=f"loopback-{method}"
             if profile and server == TREESCALE
+            else f"loopback-one-process-{method}"
+            if profile and server == TREESCALE_ONE_PROCESS
             else None,
         )
 

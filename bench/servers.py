@@ -309,6 +309,42 @@ def twistd_command(topology: Path, node: str, log_file: Path) -> list[str]:
     ]
 
 
+def start_one_process_tree(
+    directory: Path,
+    processes: Processes,
+    settings: Settings,
+    label: str,
+    relays: Sequence[RelayPlace],
+) -> Tree:
+    """A tree on loopback run by one twistd, as the embedded default runs: every
+    node of the file in one process, linked in memory. Its one pid stands under
+    the registry node's name, so its CPU and memory are the whole tree's."""
+    http_port = free_port("127.0.0.1")
+    registry_bus = f"127.0.0.1:{free_port('127.0.0.1')}"
+    data_dir = directory / f"{label}-data"
+    topology = directory / f"{label}.toml"
+    write_topology(topology, data_dir, settings, registry_bus, http_port, relays)
+
+    command = twistd_command(
+        topology, REGISTRY_NODE, processes.log_dir / f"{label}.log"
+    )
+    command = command[: command.index("--node")]
+    pids = {REGISTRY_NODE: processes.start(f"{label}-{REGISTRY_NODE}", command)}
+    address = f"127.0.0.1:{http_port}"
+    wait_until(
+        lambda: relays_linked(address, len(relays)),
+        f"{label} ({len(relays)} relays linked)",
+        processes,
+    )
+    return Tree(label, address, pids, tuple(relays), data_dir)
+
+
+def relays_linked(address: str, count: int) -> bool:
+    """Whether the registry node at `address` reaches `count` relays."""
+    status = json.loads(request(Registry(address, ""), "GET", "/_treescale/status")[1])
+    return bool(status.get("relays_up") == count)
+
+
 def start_tree(
     directory: Path,
     processes: Processes,
@@ -335,12 +371,9 @@ def start_tree(
         pids[node] = processes.start(f"{label}-{node}", command)
 
     address = f"127.0.0.1:{http_port}"
-
-    def all_relays_up() -> bool:
-        status = json.loads(
-            request(Registry(address, ""), "GET", "/_treescale/status")[1]
-        )
-        return bool(status.get("relays_up") == len(relays))
-
-    wait_until(all_relays_up, f"{label} ({len(relays)} relays linked)", processes)
+    wait_until(
+        lambda: relays_linked(address, len(relays)),
+        f"{label} ({len(relays)} relays linked)",
+        processes,
+    )
     return Tree(label, address, pids, tuple(relays), data_dir)
