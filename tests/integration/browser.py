@@ -68,9 +68,11 @@ def screenshot(url: str, path: Path, width: int = 900, height: int = 500) -> Pat
 def pixels_near(path: Path, colour: tuple[int, int, int], tolerance: int = 24) -> int:
     """How many pixels of a PNG are within `tolerance` of `colour` on every channel."""
     with Image.open(path) as image:
-        rgb = image.convert("RGB")
-        return sum(
-            1
-            for pixel in rgb.getdata()
-            if all(abs(a - b) <= tolerance for a, b in zip(pixel, colour, strict=True))
-        )
+        raw = image.convert("RGB").tobytes()
+    # Read off the raw bytes: Image.getdata is deprecated (gone in Pillow 14).
+    pixels = zip(raw[0::3], raw[1::3], raw[2::3], strict=True)
+    return sum(
+        1
+        for pixel in pixels
+        if all(abs(a - b) <= tolerance for a, b in zip(pixel, colour, strict=True))
+    )
