@@ -360,3 +360,47 @@ def test_sizes_after_the_last_chunk_is_empty(tmp_path: pathlib.Path) -> None:
     last = max(put(store, f"chunk {n}".encode()) for n in range(3))
 
     assert store.sizes_after(last, 10) == []
+
+
+def test_unchecked_read_gives_the_stored_bytes_in_pieces(
+    tmp_path: pathlib.Path,
+) -> None:
+    """A relay's read for a chunk-get gives the file's bytes as they are, in
+    pieces of the size asked (-1: one piece), without hashing them: rotten bytes
+    come out rotten, for the requester's check to catch."""
+    store = ChunkStore(tmp_path)
+    put(store, DATA)
+
+    assert b"".join(store.read_unchecked(DIGEST, 100)) == DATA
+    assert [len(p) for p in store.read_unchecked(DIGEST, 1000)] == [1000, 1000, 300]
+    assert store.read_unchecked(DIGEST, -1) == (DATA,)
+
+    chunk_file(tmp_path, HEX).write_bytes(DATA[:-1] + b"!")
+    assert store.read_unchecked(DIGEST, -1) == (DATA[:-1] + b"!",)
+    assert list((tmp_path / "quarantine").iterdir()) == []
+
+
+def test_unchecked_read_of_a_missing_chunk_or_with_a_bad_size_is_refused(
+    tmp_path: pathlib.Path,
+) -> None:
+    """No file is ChunkMissing; a piece size of zero or below -1 is a ValueError."""
+    store = ChunkStore(tmp_path)
+
+    with pytest.raises(ChunkMissing):
+        store.read_unchecked(DIGEST, 100)
+    for size in (0, -2):
+        with pytest.raises(ValueError):
+            store.read_unchecked(DIGEST, size)
+
+
+def test_set_aside_if_corrupt_moves_only_a_rotten_copy(tmp_path: pathlib.Path) -> None:
+    """A sound copy stays; a rotten one moves to quarantine; none is no error."""
+    store = ChunkStore(tmp_path)
+    put(store, DATA)
+
+    assert store.set_aside_if_corrupt(DIGEST) is False
+    chunk_file(tmp_path, HEX).write_bytes(DATA[:-1] + b"!")
+    assert store.set_aside_if_corrupt(DIGEST) is True
+    assert not store.has(DIGEST)
+    assert (tmp_path / "quarantine" / HEX).read_bytes() == DATA[:-1] + b"!"
+    assert store.set_aside_if_corrupt(DIGEST) is False
