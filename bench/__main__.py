@@ -22,8 +22,8 @@ from types import FrameType
 from bench import plot, report
 from bench.client import TransferError
 from bench.network import MAX_RELAYS, NetworkError, tbf_arguments
-from bench.plan import Plan, parse
-from bench.results import save
+from bench.plan import FULL, Plan, parse
+from bench.results import Measurement, load, save
 from bench.runner import Bench
 from bench.servers import ServerError, Settings, default_settings
 from tests.integration.cluster import REPO_ROOT
@@ -106,26 +106,49 @@ def write_results(bench: Bench, out: Path, load: tuple[float, ...]) -> str:
     """Save the JSON, the Markdown report and the plot; the report's text."""
     out.mkdir(parents=True, exist_ok=True)
     lines = context(bench.plan, bench.settings, load)
-    save(bench.measurements, out / "results.json", {"lines": lines})
+    shape = {"sweep_size": bench.plan.sweep_size, "range_parts": bench.plan.range_parts}
+    save(bench.measurements, out / "results.json", {"lines": lines, **shape})
+    return draw_results(bench.measurements, lines, shape, bench.profiles, out)
+
+
+def draw_results(
+    measurements: list[Measurement],
+    lines: list[str],
+    shape: dict[str, int],
+    profiles: list[str],
+    out: Path,
+) -> str:
+    """The Markdown report and the plot of `measurements`, in `out`; the text."""
     text = report.render(
-        bench.measurements,
-        lines,
-        bench.plan.sweep_size,
-        bench.plan.range_parts,
-        bench.profiles,
+        measurements, lines, shape["sweep_size"], shape["range_parts"], profiles
     )
     (out / "results.md").write_text(text + "\n")
     plot.draw(
-        bench.measurements,
-        bench.plan.sweep_size,
-        "treescale pull benchmark",
-        out / "pull.png",
+        measurements, shape["sweep_size"], "treescale pull benchmark", out / "pull.png"
     )
     return text
 
 
+def render_again(out: Path) -> int:
+    """``--render DIR``: the report and plot drawn again from DIR/results.json,
+    by this checkout's report code; nothing is measured. A run saved before the
+    shape of its sweep and ranges was kept is taken as the full run's."""
+    measurements, saved = load(out / "results.json")
+    lines = saved.get("lines")
+    shape = {"sweep_size": FULL.sweep_size, "range_parts": FULL.range_parts}
+    for key in shape:
+        value = saved.get(key)
+        if isinstance(value, int):
+            shape[key] = value
+    listed = [str(line) for line in lines] if isinstance(lines, list) else []
+    print(draw_results(measurements, listed, shape, [], out))
+    return 0
+
+
 def main(argv: list[str]) -> int:
     """Run the plan; 0 when every transfer was whole and correct."""
+    if argv[:1] == ["--render"] and len(argv) == 2:
+        return render_again(Path(argv[1]))
     plan, arguments = parse(argv)
     settings = default_settings(plan.chunk_size, plan.window, plan.tls)
     found = problems(plan, settings, arguments.profile)
