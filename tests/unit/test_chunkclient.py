@@ -784,3 +784,19 @@ def test_a_quick_holder_makes_the_next_hedge_come_sooner() -> None:
     clock.advance(ChunkSettings().hedge_floor)
 
     assert len(bus.calls) == asked + 2
+
+
+def test_a_chunk_with_a_check_is_verified_at_once_not_in_the_pool() -> None:
+    """BLAKE3 checks are cheaper than a trip to the thread pool: a get with a
+    check is verified in the calling thread, one without goes to the pool."""
+    bus, verifier, clock = FakeBus(), HeldVerifier(), Clock()
+    chunks = held_client(bus, verifier, clock)
+
+    checked = ensureDeferred(chunks.get(DIGEST, len(DATA), check_of(DATA)))
+    bus.calls[0].reply(DATA)
+    assert success(checked) == DATA
+    assert verifier.held == []
+
+    named = get(chunks)
+    bus.calls[-1].reply(DATA)
+    assert not named.called and len(verifier.held) == 1
