@@ -234,3 +234,20 @@ def test_a_relay_reads_a_chunk_whole_for_a_requester_of_its_process(
     assert success(reply).data == data
     assert sizes == [-1]
     assert child.in_memory("root") and root.in_memory("a")
+
+
+def test_a_peer_that_takes_nothing_for_too_long_is_dropped() -> None:
+    """As on a socket: bytes written to a held peer past the link's cap of
+    unsent data drop the link, rather than queue without bound."""
+    root, child, clock = linked_pair()
+    root.links["a"].hold()
+    link = child.links["root"]
+    piece = b"z" * (1024 * 1024)
+
+    for index in range(
+        link.settings.max_unsent // len(piece) + HIGH_WATER // len(piece) + 2
+    ):
+        link.send(Frame(Kind.DATA, 500 + index, payload=piece))
+    settle(clock)
+
+    assert root.links == {} and child.links == {}

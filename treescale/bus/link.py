@@ -233,20 +233,29 @@ class Link(Protocol):
         if self._closed or self.transport is None:
             return
         if isinstance(self.transport, LocalTransport):
-            self.transport.send_frame(frame)
-            self.bytes_sent += len(frame.payload)
+            if not self._count_unsent(len(frame.payload)):
+                self.transport.send_frame(frame)
+                self.bytes_sent += len(frame.payload)
             return
         head, payload = encode_parts(frame)
-        if self._paused:
-            self._unsent += len(head) + len(payload)
-            if self._unsent > self.settings.max_unsent:
-                self.abort(f"{self._unsent} bytes unsent to a peer that does not read")
-                return
+        if self._count_unsent(len(head) + len(payload)):
+            return
         if payload:
             self.transport.writeSequence((head, payload))
         else:
             self.transport.write(head)
         self.bytes_sent += len(head) + len(payload)
+
+    def _count_unsent(self, size: int) -> bool:
+        """Count a frame written while the peer does not take more; whether that
+        was too much, and the link was dropped for it."""
+        if not self._paused:
+            return False
+        self._unsent += size
+        if self._unsent > self.settings.max_unsent:
+            self.abort(f"{self._unsent} bytes unsent to a peer that does not read")
+            return True
+        return False
 
     @property
     def last_heard(self) -> float:
