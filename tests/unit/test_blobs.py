@@ -852,7 +852,8 @@ def test_checkpoint_twice_puts_the_tail_once() -> None:
 
 
 def test_finish_after_a_checkpoint_reuses_the_stored_tail() -> None:
-    """The last chunk a checkpoint already stored is not put again at finish."""
+    """The last chunk a checkpoint already stored is not put again at finish,
+    and the recipe lists it with its check like every other chunk."""
     up, chunks, records = keeping_upload()
     up.write(BLOB)
     success(ensureDeferred(up.checkpoint()))
@@ -863,7 +864,7 @@ def test_finish_after_a_checkpoint_reuses_the_stored_tail() -> None:
     assert len(chunks.puts) == puts
     stored = records.values[recipe_key(sha256_digest(BLOB))]
     assert stored is not None
-    assert [ref.size for ref in Recipe.decode(stored).chunks] == [100] * 4 + [50]
+    assert Recipe.decode(stored) == recipe_of(BLOB, [100] * 4 + [50])
 
 
 @pytest.mark.parametrize("keep_hash", [True, False], ids=["restored", "rehashed"])

@@ -34,6 +34,7 @@ from treescale.store.digests import (
     ALGORITHM,
     ALGORITHMS,
     Hasher,
+    check_of,
     new_hasher,
     sha256_digest,
 )
@@ -378,11 +379,13 @@ class ChunkedUpload:
             self._budget.give_back()
 
     def _cut_tail(self) -> None:
-        """Cut the partial last chunk; one a checkpoint stored is not put again."""
+        """Cut the partial last chunk; one a checkpoint stored is not put again,
+        but is given its check here (BLAKE3 of at most a chunk: under a
+        millisecond), as every chunk of a recipe should have one."""
         data = self._partial.take()
         ref = ChunkRef(self._digest_of_tail(data), len(data))
         if ref == self._tail_stored:
-            self._cut.append(ref)
+            self._cut.append(ChunkRef(ref.digest, ref.size, check_of(data)))
             self._holders.append([])
             return
         self._put(data, ref)
