@@ -251,3 +251,18 @@ def test_a_peer_that_takes_nothing_for_too_long_is_dropped() -> None:
     settle(clock)
 
     assert root.links == {} and child.links == {}
+
+
+def test_links_in_memory_outlive_a_pause_of_the_process() -> None:
+    """Both ends of an in-memory link run when the process runs: however long it
+    was stopped, neither blames the other for the silence."""
+    root, child, clock = linked_pair()
+
+    for pause in (25.0, 100.0):
+        clock.advance(pause)
+        settle(clock)
+        for _ in range(30):
+            clock.advance(1.0)
+            settle(clock)
+
+    assert set(root.links) == {"a"} and set(child.links) == {"root"}

@@ -660,6 +660,22 @@ def test_silent_peer_is_dropped_after_the_idle_timeout() -> None:
     assert "a" in tree["root"].links
 
 
+def test_a_process_that_did_not_run_does_not_blame_its_peers() -> None:
+    """Time jumping past the idle timeout in one step (the process was stopped or
+    swapped out) drops no link: the next beat comes late, so the silence was
+    this process's own. A peer that stays silent after that is still dropped."""
+    quiet = LinkSettings(heartbeat_interval=1000.0, idle_timeout=5000.0)
+    tree = BusTree(settings={"b": quiet}).connect_all()
+    tree.advance(4.0)
+
+    tree.clock.advance(3 * LinkSettings().idle_timeout)
+    tree.flush()
+    assert "b" in tree["root"].links
+
+    tree.advance(LinkSettings().idle_timeout + 6.0)
+    assert "b" not in tree["root"].links
+
+
 # Limits and backpressure.
 
 

@@ -53,6 +53,11 @@ that much per pass through the reactor, which holds a busy node's link far below
 what loopback or a fast network carries; the kernel takes what fits either way."""
 
 
+STALL_BEATS = 2.5
+"""A heartbeat this many intervals after the last one means this process did not
+run in between: the silence measured then is not the peer's."""
+
+
 @dataclass(frozen=True)
 class LinkSettings:
     """Timers and caps of every link; named so an operator can find them."""
@@ -90,6 +95,7 @@ class Link(Protocol):
         self._writable_waiters: list[Deferred[None]] = []
         self._holds = 0
         self._last_heard = 0.0
+        self._last_beat: float | None = None
         self._heartbeat: LoopingCall | None = None
         self._handshake_timer: IDelayedCall | None = None
         self._stall_timer: IDelayedCall | None = None
@@ -192,20 +198,37 @@ class Link(Protocol):
         self._handshake_timer = None
         self._heartbeat = LoopingCall(self._beat)
         self._heartbeat.clock = self.clock
+        self._last_beat = self.clock.seconds()
         self._heartbeat.start(self.settings.heartbeat_interval, now=False)
         self.node.link_up(peer, self)
 
     # Timers.
 
     def _beat(self) -> None:
-        if self._holds:
-            # We are not reading the peer: its silence is ours, not its.
-            self._last_heard = self.clock.seconds()
-        silent = self.clock.seconds() - self._last_heard
+        now = self.clock.seconds()
+        if self._holds or self._we_stalled(now) or self._in_memory:
+            # Its silence is ours, not its: we are not reading it, or this process
+            # itself did not run for a while (stopped, swapped out), or the peer
+            # is a node of this process, which runs exactly when we do.
+            self._last_heard = now
+        self._last_beat = now
+        silent = now - self._last_heard
         if silent > self.settings.idle_timeout:
             self.abort(f"peer silent for {silent:.1f} s")
             return
         self.send(self.node.heartbeat_frame(self.peer))
+
+    def _we_stalled(self, now: float) -> bool:
+        """Whether this beat comes far later than due: the process did not run
+        meanwhile, so no peer could have been heard either."""
+        if self._last_beat is None:
+            return False
+        late = now - self._last_beat
+        return late > STALL_BEATS * self.settings.heartbeat_interval
+
+    @property
+    def _in_memory(self) -> bool:
+        return isinstance(self.transport, LocalTransport)
 
     def _stalled(self) -> None:
         self._stall_timer = None
