@@ -42,6 +42,7 @@ _FILE_NAMES = {
     "data_dir": "cluster.data_dir",
     "chunk_size": "cluster.chunk_size",
     "window": "cluster.window",
+    "window_per_relay": "cluster.window_per_relay",
     "buffer_chunks": "cluster.buffer_chunks",
     "insecure_plain_bus": "cluster.insecure_plain_bus",
 }

@@ -17,6 +17,7 @@ from treescale.store.blobs import (
     ChunkRef,
     Recipe,
     UploadState,
+    download_window,
     read_blob,
     recipe_key,
     resume_upload,
@@ -955,3 +956,13 @@ def test_chunks_on_enough_relays_are_not_topped_up() -> None:
     success(ensureDeferred(up.finish(sha256_digest(BLOB[:200]))))
 
     assert chunks.top_ups == []
+
+
+def test_a_download_keeps_a_few_chunks_per_relay_within_the_window() -> None:
+    """The window of a download grows with the relays it can reach, a few chunks
+    each, up to the window; with none reachable it still asks one at a time."""
+    assert download_window(8, 3, 1) == 3
+    assert download_window(8, 3, 2) == 6
+    assert download_window(8, 3, 3) == 8
+    assert download_window(8, 3, 0) == 3
+    assert download_window(2, 3, 1) == 2

@@ -570,6 +570,18 @@ class _ConsumerGate:
                 waiter.callback(None)
 
 
+def download_window(window: int, per_relay: int, relays: int) -> int:
+    """Chunks a download keeps in flight: `per_relay` for each relay it can
+    reach, within `window`, and never none.
+
+    One relay serves a few chunks at once best: more of them read at once only
+    crowd its disk, the caches and the registry node's memory (a one-relay pull on
+    loopback ran 5 to 12% faster with 3 in flight than 8); more relays each need
+    their few to keep their links full.
+    """
+    return max(1, min(window, per_relay * max(1, relays)))
+
+
 async def read_blob(
     chunks: ChunkClient,
     recipe: Recipe,

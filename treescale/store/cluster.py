@@ -14,6 +14,7 @@ from treescale.store.blobs import (
     ChunkedUpload,
     Recipe,
     UploadState,
+    download_window,
     read_blob,
     recipe_key,
     resume_upload,
@@ -45,6 +46,7 @@ class ClusterStorage:
         self.bus = bus
         self.chunk_size = topology.chunk_size
         self.window = topology.window
+        self.window_per_relay = topology.window_per_relay
         self.budget = ChunkBudget(topology.buffer_chunks)
         hash_in = None
         if pool is not None:
@@ -125,9 +127,8 @@ class ClusterStorage:
         recipe = await self.recipe(digest)
         if recipe is None:
             raise BlobUnknown(digest)
-        await read_blob(
-            self.chunks, recipe, start, end, consumer, self.window, self.budget
-        )
+        window = download_window(self.window, self.window_per_relay, self.relays_up())
+        await read_blob(self.chunks, recipe, start, end, consumer, window, self.budget)
 
     async def blob_put(self, data: bytes, algorithm: str = ALGORITHM) -> str:
         digest = digest_of(data, algorithm)
