@@ -90,7 +90,8 @@ def context(plan: Plan, settings: Settings, load: tuple[float, ...]) -> list[str
         f"- links: every server in its own namespace behind its own veth, limited "
         f"both ways ({shaping}); client and treescale registry node in the root "
         "namespace",
-        f"- tree: chunk {settings.chunk_size / 2**20:g} MiB, window {settings.window}, "
+        f"- tree: chunk {settings.chunk_size / 2**20:g} MiB, window {settings.window} "
+        f"({settings.window_per_relay} per relay for a download), "
         f"replicas {settings.replicas}, buffer {settings.buffer_chunks} chunks, "
         f"bus {'TLS' if settings.tls else 'plain TCP'}; "
         f"parallel ranges: {plan.range_parts} equal parts at once",
@@ -150,7 +151,9 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["--render"] and len(argv) == 2:
         return render_again(Path(argv[1]))
     plan, arguments = parse(argv)
-    settings = default_settings(plan.chunk_size, plan.window, plan.tls)
+    settings = default_settings(
+        plan.chunk_size, plan.window, plan.tls, plan.window_per_relay
+    )
     found = problems(plan, settings, arguments.profile)
     if found:
         for problem in found:

@@ -101,6 +101,7 @@ def topology_lines(
         f"replicas = {min(settings.replicas, len(relays))}",
         f"record_replicas = {min(settings.record_replicas, len(relays))}",
         f"window = {settings.window}",
+        f"window_per_relay = {settings.window_per_relay}",
         f"buffer_chunks = {settings.buffer_chunks}",
     ]
     nodes: list[tuple[str, str, str, str | None]] = [(HUB, hub_bus, "registry", None)]

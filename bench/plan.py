@@ -50,6 +50,7 @@ class Plan:
     phases: tuple[str, ...]
     chunk_size: int | None
     window: int | None
+    window_per_relay: int | None
     seed: int
     tls: bool
     """TLS on the treescale trees' bus, rather than plain TCP."""
@@ -188,6 +189,11 @@ def parser() -> argparse.ArgumentParser:
     add("--phases", type=phase_list, help=f"parts to run (all: {','.join(PHASES)})")
     add("--chunk-mb", type=float, help="override the tree's chunk size, MiB")
     add("--window", type=int, help="override the tree's chunks in flight")
+    add(
+        "--window-per-relay",
+        type=int,
+        help="override a download's chunks in flight per relay",
+    )
     add("--seed", type=int, help="seed of the layers' bytes (1)")
     add("--tls-bus", action="store_true", help="TLS on the trees' bus (plain TCP)")
     add("--profile", action="store_true", help="py-spy the chosen cases (see README)")
@@ -214,6 +220,7 @@ FULL = Plan(
     phases=PHASES,
     chunk_size=None,
     window=None,
+    window_per_relay=None,
     seed=1,
     tls=False,
     smoke=False,
@@ -252,6 +259,7 @@ PLAIN_OPTIONS = (
     "runs",
     "phases",
     "window",
+    "window_per_relay",
     "seed",
 )
 

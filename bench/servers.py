@@ -22,6 +22,7 @@ from pathlib import Path
 from bench.client import Registry, request
 from bench.network import Link
 from tests.integration.cluster import REPO_ROOT, TWISTD, child_environment
+from treescale.config import DEFAULT_WINDOW_PER_RELAY
 
 DEFAULT_CONFIG = REPO_ROOT / "conf" / "local.toml"
 
@@ -51,11 +52,18 @@ class Settings:
     buffer_chunks: int
     tls: bool
     """Mutually authenticated TLS on the bus, or plain TCP."""
+    window_per_relay: int = DEFAULT_WINDOW_PER_RELAY
 
 
-def default_settings(chunk_size: int | None, window: int | None, tls: bool) -> Settings:
+def default_settings(
+    chunk_size: int | None,
+    window: int | None,
+    tls: bool,
+    window_per_relay: int | None = None,
+) -> Settings:
     """The embedded default's ``[cluster]`` settings, with overrides."""
     cluster = tomllib.loads(DEFAULT_CONFIG.read_text())["cluster"]
+    per_relay = cluster.get("window_per_relay", DEFAULT_WINDOW_PER_RELAY)
     return Settings(
         chunk_size=chunk_size or int(cluster["chunk_size"]),
         replicas=int(cluster["replicas"]),
@@ -63,6 +71,7 @@ def default_settings(chunk_size: int | None, window: int | None, tls: bool) -> S
         window=window or int(cluster["window"]),
         buffer_chunks=int(cluster["buffer_chunks"]),
         tls=tls,
+        window_per_relay=window_per_relay or int(per_relay),
     )
 
 
@@ -232,6 +241,7 @@ def write_topology(
         f"replicas = {replicas}",
         f"record_replicas = {record_replicas}",
         f"window = {settings.window}",
+        f"window_per_relay = {settings.window_per_relay}",
         f"buffer_chunks = {settings.buffer_chunks}",
     ]
     if settings.tls:
