@@ -150,10 +150,10 @@ class LocalTransport:
         raise TypeError("an in-process link carries frames: use send_frame")
 
     def loseConnection(self) -> None:
-        self._close(Failure(ConnectionDone("in-process link closed")))  # type: ignore[no-untyped-call]
+        self._close(_failure(ConnectionDone("in-process link closed")))
 
     def abortConnection(self) -> None:
-        self._close(Failure(ConnectionLost("in-process link aborted")))  # type: ignore[no-untyped-call]
+        self._close(_failure(ConnectionLost("in-process link aborted")))
 
     # IPushProducer: the Link holding its inbound side (`Link.hold`).
 
@@ -246,14 +246,22 @@ class LocalEndpoint:
         (`ClientService` then dials again later, as for a TCP parent)."""
         node = self.local.nodes.get(self.parent)
         if node is None:
-            refused = ConnectionRefusedError(f"{self.parent} is not running here")  # type: ignore[no-untyped-call]
-            return fail(refused)
+            return _refused(f"{self.parent} is not running here")
 
         address = InProcessAddress(self.parent)
         child = factory.buildProtocol(address)
         parent = self.parent_factory(node).buildProtocol(InProcessAddress(self.child))
         if child is None or parent is None:
-            refused = ConnectionRefusedError("no protocol for an in-process link")  # type: ignore[no-untyped-call]
-            return fail(refused)
+            return _refused("no protocol for an in-process link")
         connect_in_memory(child, parent, self.clock, (self.child, self.parent))
         return succeed(child)
+
+
+def _failure(error: Exception) -> Failure:
+    """`error` as the reason a protocol hears its connection was lost for."""
+    return Failure(error)  # type: ignore[no-untyped-call]
+
+
+def _refused(why: str) -> "Deferred[IProtocol]":
+    """A dial refused, as TCP refuses one to a port nobody listens on."""
+    return fail(ConnectionRefusedError(why))  # type: ignore[no-untyped-call]
