@@ -8,6 +8,7 @@ a socket (the nodes' TCP reactor is a `MemoryReactorClock` nothing listens on).
 
 from pathlib import Path
 
+import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
@@ -51,7 +52,7 @@ def test_a_child_links_to_its_parent_in_memory() -> None:
 
     assert set(root.links) == {"a"} and set(child.links) == {"root"}
     assert isinstance(child.links["root"].transport, LocalTransport)
-    assert child.reactor.tcpClients == []  # type: ignore[attr-defined]
+    assert child.reactor.tcpClients == []
     assert "in this process" in root.links["a"].peer_address
 
 
@@ -76,23 +77,27 @@ def test_a_request_and_its_data_cross_without_a_copy() -> None:
     assert success(reply).data == piece * 2
 
 
-def test_frames_arrive_on_a_later_pass_not_inside_the_send() -> None:
+def recording(link: Link, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The ids of the frames `link` takes from now on, kept instead of routed."""
+    got: list[int] = []
+    monkeypatch.setattr(link, "_frame_received", lambda f: got.append(f.event_id))
+    return got
+
+
+def test_frames_arrive_on_a_later_pass_not_inside_the_send(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A frame sent is handed over by the reactor later, in order, as a socket
     would deliver it; never inside the sender's own call."""
     root, child, clock = linked_pair()
-    got: list[int] = []
-    link = child.links["root"]
-    root_link = root.links["a"]
-    original = root_link._frame_received
-    root_link._frame_received = lambda frame: got.append(frame.event_id)  # type: ignore[method-assign]
+    got = recording(root.links["a"], monkeypatch)
 
     for event_id in (11, 12, 13):
-        link.send(Frame(Kind.DATA, event_id, payload=b"x"))
+        child.links["root"].send(Frame(Kind.DATA, event_id, payload=b"x"))
     assert got == []
     settle(clock)
 
     assert got == [11, 12, 13]
-    root_link._frame_received = original  # type: ignore[method-assign]
 
 
 def test_a_receiver_far_behind_pauses_the_sender_until_it_drains() -> None:
@@ -115,13 +120,14 @@ def test_a_receiver_far_behind_pauses_the_sender_until_it_drains() -> None:
     assert link.writable and later.called
 
 
-def test_a_held_link_takes_no_frames_until_released() -> None:
+def test_a_held_link_takes_no_frames_until_released(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A node holding its side of the link (forwarding onto a slow link) gets no
     frames meanwhile; they all come, in order, once it lets go."""
     root, child, clock = linked_pair()
-    got: list[int] = []
     root_link: Link = root.links["a"]
-    root_link._frame_received = lambda frame: got.append(frame.event_id)  # type: ignore[method-assign]
+    got = recording(root_link, monkeypatch)
 
     root_link.hold()
     for event_id in (21, 22):
@@ -174,7 +180,7 @@ def test_a_stopped_node_leaves_the_process_registry() -> None:
     local = child.local
     assert local is not None and set(local.nodes) == {"root", "a"}
 
-    child.stopService()  # type: ignore[no-untyped-call]
+    child.stopService()
     settle(clock)
 
     assert set(local.nodes) == {"root"}
