@@ -329,17 +329,66 @@ def start_one_process_tree(
     """A tree on loopback run by one twistd, as the embedded default runs: every
     node of the file in one process, linked in memory. Its one pid stands under
     the registry node's name, so its CPU and memory are the whole tree's."""
+    http_port, topology, data_dir = write_tree(
+        directory, settings, label, "127.0.0.1", relays
+    )
+    log = processes.log_dir / f"{label}.log"
+    command = twistd_command(topology, REGISTRY_NODE, log)
+    command = command[: command.index("--node")]
+    pids = {REGISTRY_NODE: processes.start(f"{label}-{REGISTRY_NODE}", command)}
+    return tree_up(processes, label, http_port, pids, relays, data_dir)
+
+
+def start_tree(
+    directory: Path,
+    processes: Processes,
+    settings: Settings,
+    label: str,
+    registry_bus_host: str,
+    relays: Sequence[RelayPlace],
+) -> Tree:
+    """A tree up with every relay linked to the registry node, which runs in the
+    root namespace with its HTTP API on loopback."""
+    http_port, topology, data_dir = write_tree(
+        directory, settings, label, registry_bus_host, relays
+    )
+    pids = {}
+    for node, link in [(REGISTRY_NODE, None), *((r.name, r.link) for r in relays)]:
+        command = twistd_command(
+            topology, node, processes.log_dir / f"{label}-{node}.log"
+        )
+        if link is not None:
+            command = link.inside(*command)
+        pids[node] = processes.start(f"{label}-{node}", command)
+    return tree_up(processes, label, http_port, pids, relays, data_dir)
+
+
+def write_tree(
+    directory: Path,
+    settings: Settings,
+    label: str,
+    registry_bus_host: str,
+    relays: Sequence[RelayPlace],
+) -> tuple[int, Path, Path]:
+    """The topology file of a tree labelled `label`, on free ports: its HTTP
+    port, the file and the tree's data folder."""
     http_port = free_port("127.0.0.1")
-    registry_bus = f"127.0.0.1:{free_port('127.0.0.1')}"
+    registry_bus = f"{registry_bus_host}:{free_port(registry_bus_host)}"
     data_dir = directory / f"{label}-data"
     topology = directory / f"{label}.toml"
     write_topology(topology, data_dir, settings, registry_bus, http_port, relays)
+    return http_port, topology, data_dir
 
-    command = twistd_command(
-        topology, REGISTRY_NODE, processes.log_dir / f"{label}.log"
-    )
-    command = command[: command.index("--node")]
-    pids = {REGISTRY_NODE: processes.start(f"{label}-{REGISTRY_NODE}", command)}
+
+def tree_up(
+    processes: Processes,
+    label: str,
+    http_port: int,
+    pids: dict[str, int],
+    relays: Sequence[RelayPlace],
+    data_dir: Path,
+) -> Tree:
+    """The started tree, once its registry node reaches every relay."""
     address = f"127.0.0.1:{http_port}"
     wait_until(
         lambda: relays_linked(address, len(relays)),
@@ -353,37 +402,3 @@ def relays_linked(address: str, count: int) -> bool:
     """Whether the registry node at `address` reaches `count` relays."""
     status = json.loads(request(Registry(address, ""), "GET", "/_treescale/status")[1])
     return bool(status.get("relays_up") == count)
-
-
-def start_tree(
-    directory: Path,
-    processes: Processes,
-    settings: Settings,
-    label: str,
-    registry_bus_host: str,
-    relays: Sequence[RelayPlace],
-) -> Tree:
-    """A tree up with every relay linked to the registry node, which runs in the
-    root namespace with its HTTP API on loopback."""
-    http_port = free_port("127.0.0.1")
-    registry_bus = f"{registry_bus_host}:{free_port(registry_bus_host)}"
-    data_dir = directory / f"{label}-data"
-    topology = directory / f"{label}.toml"
-    write_topology(topology, data_dir, settings, registry_bus, http_port, relays)
-
-    pids = {}
-    for node, link in [(REGISTRY_NODE, None), *((r.name, r.link) for r in relays)]:
-        command = twistd_command(
-            topology, node, processes.log_dir / f"{label}-{node}.log"
-        )
-        if link is not None:
-            command = link.inside(*command)
-        pids[node] = processes.start(f"{label}-{node}", command)
-
-    address = f"127.0.0.1:{http_port}"
-    wait_until(
-        lambda: relays_linked(address, len(relays)),
-        f"{label} ({len(relays)} relays linked)",
-        processes,
-    )
-    return Tree(label, address, pids, tuple(relays), data_dir)
