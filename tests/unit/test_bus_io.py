@@ -179,3 +179,19 @@ def test_event_ids_are_positive_63_bit_and_distinct() -> None:
 
     assert all(1 <= event_id <= 2**63 for event_id in ids)
     assert len(set(ids)) == len(ids)
+
+
+def test_a_frame_too_large_for_the_wire_is_dropped_not_raised() -> None:
+    """A payload over the wire's limit (only a frame handed over whole in memory
+    and re-routed can be one) is dropped with a warning; the link stays up."""
+    tree = BusTree()
+    link = Link(tree["root"], None)
+    transport = TcpLike()
+    link.makeConnection(transport)  # type: ignore[no-untyped-call]
+    transport.clear()  # type: ignore[no-untyped-call]
+
+    link.send(Frame(Kind.DATA, 9, correlation=3, payload=b"p" * (PIECE_SIZE + 1)))
+    link.send(Frame(Kind.HEARTBEAT, 10))
+
+    frames = FrameDecoder().feed(transport.value())  # type: ignore[no-untyped-call]
+    assert [frame.event_id for frame in frames] == [10]

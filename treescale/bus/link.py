@@ -260,7 +260,18 @@ class Link(Protocol):
                 self.transport.send_frame(frame)
                 self.bytes_sent += len(frame.payload)
             return
-        head, payload = encode_parts(frame)
+        try:
+            head, payload = encode_parts(frame)
+        except FrameError as e:
+            # Only a frame handed over whole between nodes of one process can be
+            # too large for a wire, and only when an edit re-routed it meanwhile.
+            self.log.warn(
+                "frame {event_id} to {peer} dropped: {why}",
+                event_id=frame.event_id,
+                peer=self.peer,
+                why=str(e),
+            )
+            return
         if self._count_unsent(len(head) + len(payload)):
             return
         if payload:
