@@ -50,8 +50,9 @@ from treescale.registry.app import Registry
 from treescale.registry.app import make_site as registry_site
 from treescale.reload import Reloader, reload_on_hangup
 from treescale.store.cluster import ClusterStorage
+from treescale.store.hashing import hash_in_pool
 from treescale.store.relay import Relay
-from treescale.store.transit import ChunkTransit, pooled_verify
+from treescale.store.transit import ChunkTransit
 from treescale.store.waycache import ChunkCache
 from treescale.topology_change import placement_digest
 from treescale.web.page import StatusPage
@@ -132,8 +133,8 @@ def make_node_service(
             scrub=topology.scrub,
         )
     if node.cache_size > 0:
-        verify = pooled_verify(reactor, reactor.getThreadPool())
-        ChunkTransit(bus, ChunkCache(node.cache_size), verify)
+        hash_in = hash_in_pool(reactor, reactor.getThreadPool())
+        ChunkTransit(bus, ChunkCache(node.cache_size), hash_in)
     if node.is_registry:
         assert node.http is not None
         try:

@@ -172,9 +172,6 @@ class FakeChunks:
     def in_flight(self) -> int:
         return sum(1 for _, _, d in self.puts if not d.called)
 
-    def digest(self, data: bytes) -> "Deferred[str]":
-        return succeed(sha256_digest(data))
-
     def name(self, data: bytes, digest: str = "") -> "Deferred[tuple[str, str]]":
         return succeed(name_of(data, digest))
 

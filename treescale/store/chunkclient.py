@@ -43,6 +43,7 @@ from treescale.bus.frames import Kind
 from treescale.bus.node import BusError, BusNode, Message, RemoteError, RequestTimeout
 from treescale.store.digests import check_of, chunk_matches, sha256_digest
 from treescale.store.errors import StorageUnavailable, UploadFailed
+from treescale.store.hashing import Runner, hash_here
 from treescale.store.placement import Holder, search_order
 
 
@@ -78,14 +79,6 @@ def outcome_of(error: BaseException | None) -> str:
     if isinstance(error, RemoteError) and error.code in LOST_COPY_CODES:
         return "missing"
     return "failed"
-
-
-def _hash_here(work: Callable[..., Any], *args: Any) -> "Deferred[Any]":
-    """Run a hashing function at once, in this thread."""
-    try:
-        return succeed(work(*args))
-    except Exception:
-        return fail()
 
 
 def name_of(data: bytes, digest: str = "") -> tuple[str, str]:
@@ -162,7 +155,7 @@ class ChunkClient:
         holders: Sequence[Holder],
         clock: IReactorTime,
         settings: ChunkSettings = ChunkSettings(),
-        hash_in: Callable[..., "Deferred[Any]"] | None = None,
+        hash_in: Runner | None = None,
     ) -> None:
         """`hash_in(work, *args)` runs a hashing function where this node hashes
         chunks: in a thread pool on a registry node (hashlib and blake3 let go
@@ -171,7 +164,7 @@ class ChunkClient:
         self.bus = bus
         self.holders = list(holders)
         self.clock = clock
-        self.hash_in = hash_in or _hash_here
+        self.hash_in = hash_in or hash_here
         self.observer: ChunkObserver = _Unobserved()
         self.hedge_delay = HedgeDelay(
             settings.hedge_floor,
@@ -185,11 +178,6 @@ class ChunkClient:
         self._turn = itertools.count()
         self._load: dict[str, int] = {holder.name: 0 for holder in self.holders}
         self._suspect_until: dict[str, float] = {}
-
-    def digest(self, data: bytes) -> "Deferred[str]":
-        """The digest naming a chunk's bytes, hashed where fetched chunks are
-        verified: in the thread pool on a registry node."""
-        return self.hash_in(sha256_digest, data)
 
     def name(self, data: bytes, digest: str = "") -> "Deferred[tuple[str, str]]":
         """A cut chunk's name and check, in one trip to where chunks are hashed;
@@ -205,7 +193,7 @@ class ChunkClient:
         hashed by sha256, four times slower, where chunks are hashed.
         """
         if check:
-            return _hash_here(chunk_matches, data, digest, check)
+            return hash_here(chunk_matches, data, digest, check)
         return self.hash_in(chunk_matches, data, digest, check)
 
     def candidates(self, digest: str) -> list[str]:

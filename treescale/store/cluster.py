@@ -1,10 +1,8 @@
 """The `Storage` the registry uses: blobs and records spread over the tree's relays."""
 
-from functools import partial
 from typing import cast
 
 from twisted.internet.interfaces import IConsumer, IReactorFromThreads, IReactorTime
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
@@ -23,6 +21,7 @@ from treescale.store.budget import ChunkBudget
 from treescale.store.chunkclient import ChunkClient, ChunkSettings
 from treescale.store.digests import ALGORITHM, digest_of
 from treescale.store.errors import BlobUnknown, StorageUnavailable
+from treescale.store.hashing import hash_in_pool
 from treescale.store.placement import holders_of
 from treescale.store.rebalance import read_rebalance_status
 from treescale.store.records import HybridClock, RecordClient
@@ -50,8 +49,7 @@ class ClusterStorage:
         self.budget = ChunkBudget(topology.buffer_chunks)
         hash_in = None
         if pool is not None:
-            reactor = cast(IReactorFromThreads, clock)
-            hash_in = partial(deferToThreadPool, reactor, pool)
+            hash_in = hash_in_pool(cast(IReactorFromThreads, clock), pool)
         self.chunks = ChunkClient(
             bus, holders, clock, ChunkSettings(replicas=topology.replicas), hash_in
         )

@@ -49,17 +49,14 @@ sent; bytes that do not match are neither.
 # are bounded by the requests taken (`max_taken`). A reply being sent shares the
 # bytes of the cache or of its fetch; it makes no copy but one piece at a time.
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.interfaces import IReactorFromThreads
-from twisted.internet.threads import deferToThreadPool
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 
 from treescale.bus.frames import PIECE_SIZE, Flag, Frame, FrameError, Kind
 from treescale.bus.node import (
@@ -75,6 +72,7 @@ from treescale.bus.node import (
 from treescale.bus.routing import RouteError, nth_prime
 from treescale.config import Topology
 from treescale.store.digests import ALGORITHM, ALGORITHMS, sha256_digest
+from treescale.store.hashing import Runner, hash_here
 from treescale.store.waycache import ChunkCache
 
 __all__ = [
@@ -82,7 +80,6 @@ __all__ = [
     "ChunkTransit",
     "TransitCounts",
     "is_chunk_digest",
-    "pooled_verify",
 ]
 
 FETCH_TIMEOUT = 25.0
@@ -90,23 +87,6 @@ FETCH_TIMEOUT = 25.0
 (30 s), so a requester hears the error before it gives up on its own."""
 
 _HEX = frozenset("0123456789abcdef")
-
-
-def _verify_here(data: bytes) -> "Deferred[str]":
-    """The digest of `data`, computed at once in this thread."""
-    return succeed(sha256_digest(data))
-
-
-def pooled_verify(
-    reactor: IReactorFromThreads, pool: ThreadPool
-) -> Callable[[bytes], "Deferred[str]"]:
-    """Hashing in a thread pool: the reactor goes on moving other chunks (hashlib
-    lets go of the GIL) while one is checked."""
-
-    def verify(data: bytes) -> "Deferred[str]":
-        return deferToThreadPool(reactor, pool, sha256_digest, data)
-
-    return verify
 
 
 def is_chunk_digest(value: object) -> bool:
@@ -169,16 +149,17 @@ class ChunkTransit:
         self,
         bus: BusNode,
         cache: ChunkCache,
-        verify: Callable[[bytes], "Deferred[str]"] | None = None,
+        hash_in: Runner | None = None,
         timeout: float = FETCH_TIMEOUT,
         max_taken: int | None = None,
     ) -> None:
-        """Bind to `bus`; `verify` hashes a chunk's bytes (at once when None),
-        and `max_taken` caps the requests held at once (the bus's cap on
-        inbound requests when None); past it, requests are passed on."""
+        """Bind to `bus`; `hash_in` runs the hashing of a chunk's bytes (at once
+        when None; see `treescale.store.hashing`), and `max_taken` caps the
+        requests held at once (the bus's cap on inbound requests when None);
+        past it, requests are passed on."""
         self.bus = bus
         self.cache = cache
-        self.verify = verify or _verify_here
+        self.hash_in = hash_in or hash_here
         self.timeout = timeout
         self.max_taken = max_taken or bus.link_settings.max_inbound_requests
         self._primes = _primes_of(bus.topology)
@@ -354,7 +335,7 @@ class ChunkTransit:
             return
 
         self._counts["fetched_bytes"] += len(reply.data)
-        checking = self.verify(reply.data)
+        checking = self.hash_in(sha256_digest, reply.data)
         fetch.call = checking
         checking.addCallbacks(
             self._verified,
