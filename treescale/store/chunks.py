@@ -269,7 +269,7 @@ class ChunkStore:
         quarantine and raise `ChunkCorrupt`, so the next read finds the chunk missing
         and the relay fetches a good copy rather than serving this one.
         """
-        return b"".join(self._read_verified(digest, -1))
+        return self._read_verified(digest)
 
     def read_unchecked(self, digest: str, piece_size: int) -> tuple[bytes, ...]:
         """The chunk's bytes as they are on disk, not hashed, in pieces of at most
@@ -291,30 +291,27 @@ class ChunkStore:
         """Move the chunk's file to quarantine if its bytes no longer match its
         digest; whether it did. A missing or sound chunk is left as it is."""
         try:
-            self._read_verified(digest, -1)
+            self._read_verified(digest)
         except ChunkMissing:
             return False
         except ChunkCorrupt:
             return True
         return False
 
-    def _read_verified(self, digest: str, piece_size: int) -> tuple[bytes, ...]:
-        """The chunk's bytes in reads of `piece_size` (-1: one read), checked."""
+    def _read_verified(self, digest: str) -> bytes:
+        """The chunk's bytes in one read, checked; set aside when they fail."""
         hex_digest = _hex_of(digest)
-        pieces, inode = self._read_raw(hex_digest, piece_size)
-        hasher = hashlib.sha256()
-        for piece in pieces:
-            hasher.update(piece)
+        pieces, inode = self._read_raw(hex_digest, -1)
+        data = b"".join(pieces)
 
-        actual = hasher.hexdigest()
+        actual = hashlib.sha256(data).hexdigest()
         if actual != hex_digest:
             self._quarantine_chunk(hex_digest, inode)
-            size = sum(len(piece) for piece in pieces)
             raise ChunkCorrupt(
-                f"stored bytes of {digest} ({size} bytes) hash to sha256:{actual}"
+                f"stored bytes of {digest} ({len(data)} bytes) hash to sha256:{actual}"
             )
 
-        return pieces
+        return data
 
     def _read_raw(
         self, hex_digest: str, piece_size: int
