@@ -206,7 +206,7 @@ class Link(Protocol):
 
     def _beat(self) -> None:
         now = self.clock.seconds()
-        if self._holds or self._we_stalled(now) or self._in_memory:
+        if self._holds or self._we_stalled(now) or self.in_memory:
             # Its silence is ours, not its: we are not reading it, or this process
             # itself did not run for a while (stopped, swapped out), or the peer
             # is a node of this process, which runs exactly when we do.
@@ -227,7 +227,8 @@ class Link(Protocol):
         return late > STALL_BEATS * self.settings.heartbeat_interval
 
     @property
-    def _in_memory(self) -> bool:
+    def in_memory(self) -> bool:
+        """Whether the peer is a node of this process (`treescale.bus.local`)."""
         return isinstance(self.transport, LocalTransport)
 
     def _stalled(self) -> None:

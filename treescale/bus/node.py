@@ -898,7 +898,7 @@ class BusNode(MultiService):
         """Whether `name` is a neighbour linked in memory (`treescale.bus.local`),
         so that data sent to it is handed over as it is."""
         link = self.links.get(name)
-        return link is not None and isinstance(link.transport, LocalTransport)
+        return link is not None and link.in_memory
 
     async def _wait_writable(self, dest: str) -> None:
         if dest == self.me.name:
