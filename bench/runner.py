@@ -15,6 +15,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench import client, fanout, profiling
@@ -77,6 +78,19 @@ DEADLINE_FACTOR = 8.0
 
 # Seeds of the extra layers of repeated pushes, apart from the pulled layers'.
 PUSH_SEED_STEP = 1000
+
+
+@dataclass(frozen=True)
+class LoopbackServer:
+    """A server measured on loopback: what the report calls it, where it answers,
+    the processes it runs, its relays, and its profile's name (none: never
+    profiled)."""
+
+    name: str
+    registry: Registry
+    pids: dict[str, int]
+    relays: int
+    profile_as: str = ""
 
 
 class Bench:
@@ -294,16 +308,26 @@ class Bench:
                 )
             )
             servers = [
-                (
+                LoopbackServer(
                     REFERENCE,
                     Registry(reference.address, REPO),
                     {REFERENCE: reference.pid},
+                    relays=0,
                 ),
-                (TREESCALE, Registry(trees[0].address, REPO), trees[0].pids),
-                (
-                    TREESCALE_ONE_PROCESS,
-                    Registry(trees[1].address, REPO),
-                    trees[1].pids,
+                *(
+                    LoopbackServer(
+                        name,
+                        Registry(tree.address, REPO),
+                        tree.pids,
+                        relays=len(tree.relays),
+                        profile_as=f"loopback{suffix}",
+                    )
+                    for name, suffix, tree in zip(
+                        (TREESCALE, TREESCALE_ONE_PROCESS),
+                        ("", "-one-process"),
+                        trees,
+                        strict=True,
+                    )
                 ),
             ]
             for size in self.plan.sizes:
@@ -313,9 +337,7 @@ class Bench:
             for tree in trees:
                 self.stop_tree(tree)
 
-    def loopback_size(
-        self, size: int, servers: Sequence[tuple[str, Registry, dict[str, int]]]
-    ) -> None:
+    def loopback_size(self, size: int, servers: Sequence["LoopbackServer"]) -> None:
         """One size on loopback: pushes of a fresh layer each run, then pulls."""
         runs = self.plan.runs_for(size)
         extra = {
@@ -327,10 +349,8 @@ class Bench:
         profile = not self.plan.smoke and size == max(self.plan.sizes)
         try:
             for method in (PUSH, STREAM):
-                for server, registry, pids in servers:
-                    self.loopback_case(
-                        method, server, registry, pids, pushed, deadline, profile
-                    )
+                for server in servers:
+                    self.loopback_case(method, server, pushed, deadline, profile)
         finally:
             for layer in extra.values():
                 layer.path.unlink()
@@ -338,36 +358,31 @@ class Bench:
     def loopback_case(
         self,
         method: str,
-        server: str,
-        registry: Registry,
-        pids: dict[str, int],
+        server: "LoopbackServer",
         pushed: Mapping[int, Layer],
         deadline: Callable[[], float],
         profile: bool,
     ) -> None:
         """One server's pushes or pulls of one size on loopback."""
         layer = pushed[0]
-        relays = {REFERENCE: 0, TREESCALE: len(pids) - 1}.get(server, 1)
 
         def transfer(run: int) -> float:
             if method == PUSH:
-                return client.push_layer(registry, pushed[run])
-            return client.pull_stream(registry, layer, deadline())
+                return client.push_layer(server.registry, pushed[run])
+            return client.pull_stream(server.registry, layer, deadline())
 
         self.case(
             phase="loopback",
             rate=LOOPBACK,
-            server=server,
+            server=server.name,
             method=method,
-            relays=relays,
+            relays=server.relays,
             size=layer.size,
-            pids=pids,
+            pids=server.pids,
             transfer=transfer,
             runs=len(pushed),
-            profile_as=f"loopback-{method}"
-            if profile and server == TREESCALE
-            else f"loopback-one-process-{method}"
-            if profile and server == TREESCALE_ONE_PROCESS
+            profile_as=f"{server.profile_as}-{method}"
+            if profile and server.profile_as
             else None,
         )
 
