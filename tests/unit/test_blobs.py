@@ -481,12 +481,21 @@ def stored_blob(
 
 
 def reading(
-    recipe: Recipe, start: int, end: int, window: int
-) -> tuple["Deferred[None]", FakeChunks, Response]:
-    """Start reading a range of a blob into a fresh consumer."""
-    chunks, response = FakeChunks(), Response()
+    recipe: Recipe,
+    start: int,
+    end: int,
+    window: int,
+    budget: ChunkBudget | None = None,
+    response: "Response | None" = None,
+) -> tuple["Deferred[None]", FakeChunks, "Response"]:
+    """Start reading a range of a blob into a fresh consumer (or `response`),
+    within `budget` when one is given."""
+    chunks = FakeChunks()
+    response = response or Response()
     d = ensureDeferred(
-        read_blob(cast(ChunkClient, chunks), recipe, start, end, response, window)
+        read_blob(
+            cast(ChunkClient, chunks), recipe, start, end, response, window, budget
+        )
     )
     return d, chunks, response
 
@@ -622,19 +631,9 @@ def test_reads_sharing_a_budget_hold_no_more_than_it() -> None:
     and a paused reader's fetched chunks keep the other waiting until it writes."""
     data, recipe, pieces = stored_blob(4)
     budget = ChunkBudget(3)
-    first_chunks, first = FakeChunks(), Response()
-    second_chunks, second = FakeChunks(), Response()
-    d1 = ensureDeferred(
-        read_blob(
-            cast(ChunkClient, first_chunks), recipe, 0, len(data), first, 4, budget
-        )
-    )
+    d1, first_chunks, first = reading(recipe, 0, len(data), 4, budget)
     first.producer.pauseProducing()
-    d2 = ensureDeferred(
-        read_blob(
-            cast(ChunkClient, second_chunks), recipe, 0, len(data), second, 4, budget
-        )
-    )
+    d2, second_chunks, second = reading(recipe, 0, len(data), 4, budget)
     assert len(first_chunks.gets) == 3
     assert second_chunks.gets == []
 
@@ -669,10 +668,7 @@ def test_written_chunk_holds_room_until_the_consumer_asks_for_more() -> None:
     resumes, and the next chunk is written then."""
     data, recipe, pieces = stored_blob(3)
     budget = ChunkBudget(3)
-    chunks, response = FakeChunks(), PausingResponse()
-    d = ensureDeferred(
-        read_blob(cast(ChunkClient, chunks), recipe, 0, len(data), response, 2, budget)
-    )
+    d, chunks, response = reading(recipe, 0, len(data), 2, budget, PausingResponse())
     answer(chunks, 0, pieces)
     answer(chunks, 1, pieces)
     assert len(response.written) == 1
@@ -695,13 +691,7 @@ def test_reads_sharing_a_small_budget_all_finish() -> None:
     budget = ChunkBudget(2)
     reads = []
     for _ in range(3):
-        chunks, response = FakeChunks(), PausingResponse()
-        d = ensureDeferred(
-            read_blob(
-                cast(ChunkClient, chunks), recipe, 0, len(data), response, 2, budget
-            )
-        )
-        reads.append((d, chunks, response))
+        reads.append(reading(recipe, 0, len(data), 2, budget, PausingResponse()))
 
     for _ in range(100):
         for _, chunks, response in reads:
@@ -723,10 +713,7 @@ def test_cancelled_read_gives_its_room_back() -> None:
     """A read cancelled with fetches out returns all of its room to the budget."""
     data, recipe, pieces = stored_blob(4)
     budget = ChunkBudget(4)
-    chunks, response = FakeChunks(), Response()
-    d = ensureDeferred(
-        read_blob(cast(ChunkClient, chunks), recipe, 0, len(data), response, 4, budget)
-    )
+    d, chunks, _ = reading(recipe, 0, len(data), 4, budget)
     answer(chunks, 1, pieces)
     assert budget.free == 0
 
