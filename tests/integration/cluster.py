@@ -96,6 +96,22 @@ def child_environment() -> dict[str, str]:
     return environment
 
 
+def run_treescale(
+    *arguments: str, timeout: float = 60.0
+) -> subprocess.CompletedProcess[str]:
+    """Run the `treescale` command (as ``python -m treescale.cli``) from the
+    repository, as a user would; its outcome, whatever its exit status."""
+    return subprocess.run(
+        [sys.executable, "-m", "treescale.cli", *arguments],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO_ROOT,
+        env=child_environment(),
+        check=False,
+    )
+
+
 def read_log(path: Path) -> str:
     """A log file with its rotated parts before it, oldest first; empty if none."""
     rotated = [

@@ -37,6 +37,7 @@ from .cluster import (
     Cluster,
     child_environment,
     read_log,
+    run_treescale,
     running_cluster,
     stop_process,
     write_topology,
@@ -65,15 +66,8 @@ OUTSIDER_TRIES = 4.0
 
 def make_certs(topology: Path, out: Path, *options: str) -> str:
     """Run ``treescale certs`` (as ``python -m treescale.cli``); what it printed."""
-    command = [sys.executable, "-m", "treescale.cli", "certs", str(topology)]
-    result = subprocess.run(
-        [*command, "--out", str(out), *options],
-        cwd=REPO_ROOT,
-        env=child_environment(),
-        capture_output=True,
-        text=True,
-        timeout=COMMAND_TIMEOUT,
-        check=False,
+    result = run_treescale(
+        "certs", str(topology), "--out", str(out), *options, timeout=COMMAND_TIMEOUT
     )
     assert result.returncode == 0, result.stderr
     return result.stdout

@@ -6,13 +6,11 @@ for the grace period (what it deletes past grace is proved in tests/unit/test_gc
 import hashlib
 import json
 import os
-import subprocess
-import sys
 import urllib.request
 
 import pytest
 
-from .cluster import REPO_ROOT, Cluster, child_environment
+from .cluster import Cluster, run_treescale
 
 pytestmark = pytest.mark.integration
 
@@ -75,23 +73,8 @@ def push_image(cluster: Cluster, repo: str, tag: str, layer: bytes) -> str:
 
 def treescale_gc(cluster: Cluster, *arguments: str) -> dict[str, object]:
     """Run the command against the tree's registry node; its JSON report."""
-    finished = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "treescale.cli",
-            "gc",
-            "--url",
-            f"http://{cluster.address}",
-            "--json",
-            *arguments,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO_ROOT,
-        env=child_environment(),
-        check=False,
+    finished = run_treescale(
+        "gc", "--url", f"http://{cluster.address}", "--json", *arguments, timeout=300
     )
     assert finished.returncode == 0, finished.stderr
     report = json.loads(finished.stdout)

@@ -22,6 +22,7 @@ from .cluster import (
     edit_topology,
     get_json,
     relay_chunk_files,
+    run_treescale,
     stop_process,
     wait_for,
     write_topology,
@@ -203,12 +204,4 @@ def test_one_process_of_every_local_node_starts_and_stops_relays(
 def reload_pids(path: Path, pids: list[int]) -> subprocess.CompletedProcess[str]:
     """`treescale reload PATH --pid ...`."""
     arguments = [argument for pid in pids for argument in ("--pid", str(pid))]
-    return subprocess.run(
-        [sys.executable, "-m", "treescale.cli", "reload", str(path), *arguments],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO_ROOT,
-        env=child_environment(),
-        check=False,
-    )
+    return run_treescale("reload", str(path), *arguments)
