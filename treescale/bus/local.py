@@ -80,7 +80,8 @@ class LocalNodes:
     nodes: dict[str, "BusNode"] = field(default_factory=dict)
 
     def hosts(self, name: str) -> bool:
-        return name in self.planned or name in self.nodes
+        """Whether node `name` runs, or is to run, in this process."""
+        return name in self.planned
 
     def add(self, node: "BusNode") -> None:
         self.planned.add(node.me.name)
