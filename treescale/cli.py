@@ -482,7 +482,8 @@ def check_summary(topology: Topology) -> list[str]:
         f"{relays_needed(stores, topology.replicas, topology.record_replicas)} of "
         f"{stores} store relays",
         f"chunks         {_size(topology.chunk_size)}, window {topology.window}, "
-        f"buffer {topology.buffer_chunks} chunks per registry node",
+        f"buffer {topology.buffer_chunks} chunks per registry node, "
+        f"{topology.window_per_relay} per relay for a download",
         f"bus            {_bus_security(topology)}",
         f"logins         {_logins(topology)}",
         f"notifications  {_notifications(topology)}",

@@ -172,9 +172,7 @@ def test_one_process_of_every_local_node_starts_and_stops_relays(
     try:
         wait_for(lambda: relays_up(topology.http_port) == 3, "3 relays", LINK_TIMEOUT)
         for relay in RELAYS:
-            assert f"{REGISTRY} <-> {relay} ({relay} (in this process))" in (
-                log.read_text()
-            )
+            assert f"{REGISTRY} <-> {relay} (in this process)" in (log.read_text())
         ref = f"127.0.0.1:{topology.http_port}/{REPOSITORY}:one"
         skopeo.push(image, ref)
         assert_pulls_back(skopeo, ref, image, tmp_path / "pulled")
@@ -184,9 +182,7 @@ def test_one_process_of_every_local_node_starts_and_stops_relays(
         assert finished.returncode == 0, finished.stderr
         assert "relay-d added; relay-d started here" in finished.stdout
         wait_for(lambda: relays_up(topology.http_port) == 4, "4 relays", LINK_TIMEOUT)
-        assert f"{NEW_RELAY} <-> {REGISTRY} ({REGISTRY} (in this process))" in (
-            log.read_text()
-        )
+        assert f"{NEW_RELAY} <-> {REGISTRY} (in this process)" in (log.read_text())
 
         edit_topology(grown, relays=grown.relays, version=3, draining=(NEW_RELAY,))
         assert reload_pids(grown.path, [process.pid]).returncode == 0

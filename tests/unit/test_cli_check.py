@@ -62,6 +62,7 @@ def test_shipped_default_is_summarised(capsys: pytest.CaptureFixture[str]) -> No
     )
     assert summary["ready"] == "a registry node needs 2 of 3 store relays"
     assert summary["chunks"].startswith("4.0 MiB, window 8, buffer 64")
+    assert summary["chunks"].endswith("3 per relay for a download")
     assert summary["bus"] == "plain TCP, every bus address on loopback"
     assert summary["logins"] == "none: every request is let in"
 

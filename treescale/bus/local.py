@@ -64,7 +64,7 @@ class InProcessAddress:
     node: str
 
     def __str__(self) -> str:
-        return f"{self.node} (in this process)"
+        return "in this process"
 
 
 @dataclass
