@@ -836,6 +836,40 @@ def test_checkpoint_twice_puts_the_tail_once() -> None:
     assert len(chunks.puts) == puts
 
 
+def test_checkpoint_puts_the_tail_while_earlier_chunks_are_in_flight() -> None:
+    """The partial last chunk's put starts at once, beside the chunks still being
+    stored, and the checkpoint waits for all of them."""
+    up, chunks, _ = upload(window=4)
+    up.write(BLOB[:250])
+
+    saved = ensureDeferred(up.checkpoint())
+
+    assert [data for _, data, _ in chunks.puts] == [
+        BLOB[:100],
+        BLOB[100:200],
+        BLOB[200:250],
+    ]
+    chunks.puts[2][2].callback(None)
+    chunks.puts[0][2].callback(None)
+    assert not saved.called
+    chunks.puts[1][2].callback(None)
+    state = UploadState.decode(success(saved))
+    assert state.tail == ChunkRef(sha256_digest(BLOB[200:250]), 50)
+
+
+def test_checkpoint_after_a_failed_put_cancels_the_tail_put() -> None:
+    """A chunk that could not be stored fails the checkpoint, and the tail's put
+    begun beside it is cancelled rather than left behind."""
+    up, chunks, _ = upload(window=4)
+    up.write(BLOB[:150])
+
+    saved = ensureDeferred(up.checkpoint())
+    chunks.puts[0][2].errback(UploadFailed("on 0 relays, 1 needed"))
+
+    assert isinstance(failure(saved).value, UploadFailed)
+    assert chunks.cancelled == [sha256_digest(BLOB[100:150])]
+
+
 def test_finish_after_a_checkpoint_reuses_the_stored_tail() -> None:
     """The last chunk a checkpoint already stored is not put again at finish,
     and the recipe lists it with its check like every other chunk."""

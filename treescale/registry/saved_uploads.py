@@ -237,12 +237,15 @@ class SavedUpload:
         self._held_bytes += len(data)
 
     async def drain(self) -> None:
-        """Wait for the chunks cut so far, then save the upload in its record."""
+        """Wait for the chunks cut so far, then save the upload in its record
+        (a checkpoint waits for them itself, storing the partial last chunk
+        meanwhile)."""
         inner = await self.ready()
-        await inner.drain()
         if isinstance(inner, CheckpointedUpload):
             state = await inner.checkpoint()
             await self._save(state)
+        else:
+            await inner.drain()
 
     async def finish(self, digest: str) -> int:
         inner = await self.ready()

@@ -318,19 +318,32 @@ class ChunkedUpload:
     async def checkpoint(self) -> bytes:
         """Store what is needed to resume the upload, and return it as bytes.
 
-        Waits for the chunks in flight, then stores the partial last chunk (unless
-        the last checkpoint stored the same one). The bytes are an `UploadState`
-        for `resume_upload`; they hold no blob data, only chunk digests.
+        Stores the partial last chunk (unless the last checkpoint stored the same
+        one) while the chunks in flight are stored, and waits for all of them: a
+        PATCH that ends a few MB into its last chunk waited one chunk's put more
+        when the tail's began only after the others'. The bytes are an
+        `UploadState` for `resume_upload`; they hold no blob data, only chunk
+        digests.
         """
-        await self.drain()
-
         tail = None
+        storing: Deferred[None] | None = None
         if self._partial:
             data = self._partial.peek()
             tail = ChunkRef(self._digest_of_tail(data), len(data))
             if tail != self._tail_stored:
-                await self._put_within_budget(tail, data)
-                self._tail_stored = tail
+                storing = ensureDeferred(self._put_within_budget(tail, data))
+
+        try:
+            await self.drain()
+        except BaseException:
+            if storing is not None:
+                storing.addErrback(lambda _: None)
+                storing.cancel()
+            raise
+
+        if storing is not None:
+            await storing
+            self._tail_stored = tail
 
         saved = self._hash.save() if isinstance(self._hash, ResumableHash) else None
         state = UploadState(self.algorithm, self._size, tuple(self._cut), tail, saved)
