@@ -21,10 +21,11 @@ from treescale.bus.frames import PIECE_SIZE, Flag, Frame, Kind
 from treescale.bus.link import Link
 from treescale.bus.node import HandlerError, Message, RemoteError
 from treescale.config import Topology, parse
+from treescale.store import digests
 from treescale.store.chunkclient import ChunkClient
-from treescale.store.digests import sha256_digest
+from treescale.store.digests import check_of, sha256_digest
 from treescale.store.placement import holders_of
-from treescale.store.transit import ChunkTransit, is_chunk_digest
+from treescale.store.transit import ChunkTransit
 from treescale.store.waycache import ChunkCache
 
 DATA = bytes(range(256)) * (PIECE_SIZE * 5 // 2 // 256) + b"end"  # 2.5 pieces
@@ -110,11 +111,17 @@ class Hub:
         self.transit = ChunkTransit(self.tree["hub"], self.cache)
 
     def get(
-        self, origin: str, holder: str, digest: str = DIGEST, **options: Any
+        self,
+        origin: str,
+        holder: str,
+        digest: str = DIGEST,
+        check: str = "",
+        **options: Any,
     ) -> "Deferred[Message]":
         """A chunk get as a registry node's chunk client sends it."""
+        meta = {"digest": digest, "check": check} if check else {"digest": digest}
         return self.tree[origin].request(
-            holder, Kind.CHUNK_GET, {"digest": digest}, max_reply=len(DATA), **options
+            holder, Kind.CHUNK_GET, meta, max_reply=len(DATA), **options
         )
 
     def asked(self) -> int:
@@ -241,6 +248,54 @@ def test_bad_bytes_upstream_are_neither_cached_nor_served() -> None:
     hub.get("r1", "s1")
     hub.tree.flush()
     assert len(hub.stores["s1"].calls) == 2
+
+
+def test_a_chunk_clients_check_goes_with_its_get_and_verifies_the_bytes(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A get for a chunk whose check the registry node knows carries it, and the
+    hub verifies the fetched bytes by it: BLAKE3, not sha256 again."""
+    client = ChunkClient(hub.tree["r1"], holders_of(hub.tree.topology), hub.tree.clock)
+
+    def no_sha256(data: bytes) -> str:
+        raise AssertionError("hashed by sha256")
+
+    monkeypatch.setattr(digests, "sha256_digest", no_sha256)
+    get = client.get(DIGEST, len(DATA), check_of(DATA))
+    hub.tree.flush()
+
+    assert success(get) == DATA
+    asked = [call.meta for store in hub.stores.values() for call in store.calls]
+    assert asked == [{"digest": DIGEST, "check": check_of(DATA), "origin": "hub"}]
+
+
+def test_a_wrong_check_costs_a_second_hash_not_the_bytes(hub: Hub) -> None:
+    """A check that does not fit the bytes leaves the digest to decide: good
+    bytes are served and cached all the same."""
+    d = hub.get("r1", "s1", check=check_of(OTHER))
+    hub.tree.flush()
+
+    assert success(d).data == DATA
+    assert DIGEST in hub.cache
+
+
+def test_bad_bytes_fail_the_check_and_the_digest() -> None:
+    """Bytes that are not the chunk are refused when the request has a check."""
+    hub = Hub(s1=Store({DIGEST: DATA[:-1] + b"X"}))
+
+    d = hub.get("r1", "s1", check=check_of(DATA))
+    hub.tree.flush()
+
+    assert error_code(d) == "bad_bytes"
+    assert DIGEST not in hub.cache
+
+
+def test_a_malformed_check_is_ignored(hub: Hub) -> None:
+    """A check not of the check's form is not used; the digest verifies."""
+    d = hub.get("r1", "s1", check="blake3:XYZ")
+    hub.tree.flush()
+
+    assert success(d).data == DATA
 
 
 def test_a_miss_upstream_answers_the_same_error() -> None:
@@ -437,19 +492,3 @@ def test_a_small_cache_still_answers_what_it_cannot_keep() -> None:
 
     assert success(d).data == DATA
     assert DIGEST not in hub.cache
-
-
-@pytest.mark.parametrize(
-    ("value", "ok"),
-    [
-        (DIGEST, True),
-        (DIGEST.upper(), False),
-        ("sha512:" + "a" * 64, False),
-        ("sha256:" + "a" * 63, False),
-        (None, False),
-        (7, False),
-    ],
-)
-def test_chunk_digests_are_recognised(value: object, ok: bool) -> None:
-    """Only a sha256 digest of 64 lowercase hex digits names a chunk."""
-    assert is_chunk_digest(value) is ok

@@ -343,13 +343,20 @@ class ChunkClient:
         return homes + candidates[first:]
 
     def _ask(
-        self, name: str, digest: str, size: int, on_progress: Callable[[], None]
+        self,
+        name: str,
+        ref: tuple[str, int, str],
+        on_progress: Callable[[], None],
     ) -> "Deferred[Message]":
+        """Ask `name` for the chunk `ref` (digest, size, check). The check goes
+        with the request, for a cache on the way to verify the bytes by
+        (`treescale.store.transit`); the holder needs only the digest."""
+        digest, size, check = ref
         self._load[name] = self._load.get(name, 0) + size
         call = self.bus.request(
             name,
             Kind.CHUNK_GET,
-            {"digest": digest},
+            {"digest": digest, "check": check} if check else {"digest": digest},
             max_reply=size,
             timeout=self.settings.get_timeout,
             on_progress=on_progress,
@@ -458,7 +465,7 @@ class _Race:
                 self.client.hedge_delay.observe(self.client.clock.seconds() - asked_at)
             self._progress()
 
-        call = self.client._ask(name, self.digest, self.size, progress)
+        call = self.client._ask(name, (self.digest, self.size, self.check), progress)
         self.asked[name] = call
         call.addCallbacks(
             self._answered, self._failed, callbackArgs=(name,), errbackArgs=(name,)

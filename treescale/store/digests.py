@@ -75,3 +75,37 @@ def chunk_matches(data: bytes, digest: str, check: str = "") -> bool:
     if check:
         return check_of(data) == check
     return sha256_digest(data) == digest
+
+
+def chunk_matches_either(data: bytes, digest: str, check: str = "") -> bool:
+    """Whether `data` are the chunk named `digest`, by its check first, and by
+    its name when the check is missing or does not match.
+
+    For a node that is told a check by someone else (the cache on the way gets
+    it in the chunk-get it answers): a matching check is as good as the name and
+    cheaper, while a wrong check costs a second hash, never good bytes refused.
+    """
+    return (bool(check) and check_of(data) == check) or sha256_digest(data) == digest
+
+
+def is_chunk_digest(value: object) -> bool:
+    """Whether a value names a chunk: ``sha256:`` and 64 lowercase hex digits."""
+    return _is_hash_of(value, ALGORITHM, ALGORITHMS[ALGORITHM])
+
+
+def is_check(value: object) -> bool:
+    """Whether a value has the form of a chunk's check: ``blake3:`` and 64
+    lowercase hex digits."""
+    return _is_hash_of(value, CHECK_ALGORITHM, 64)
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def _is_hash_of(value: object, algorithm: str, hex_length: int) -> bool:
+    """Whether `value` is ``<algorithm>:`` and `hex_length` lowercase hex digits."""
+    if not isinstance(value, str):
+        return False
+
+    named, _, hex_part = value.partition(":")
+    return named == algorithm and len(hex_part) == hex_length and set(hex_part) <= _HEX

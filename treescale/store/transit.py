@@ -6,8 +6,9 @@ once for all the registry nodes behind it.
 `transit` table. A CHUNK_GET from a registry node that this node would forward is
 answered here instead: from the cache, or by one request of this node's own to the
 holder the registry asked, shared by every request for the same chunk that comes
-while it runs. The bytes are hashed against the digest before they are cached or
-sent; bytes that do not match are neither.
+while it runs. The bytes are verified before they are cached or sent (against the
+chunk's check when the request carries one, else its digest); bytes that do not
+match are neither.
 """
 
 # Design notes
@@ -26,6 +27,14 @@ sent; bytes that do not match are neither.
 # origin is a known node reached over the link the request came in on
 # (`BusNode._came_the_right_way`). A request failing a check is passed on
 # untouched, and the destination refuses it as before.
+#
+# What the bytes are verified against. A registry node's chunk-get carries the
+# chunk's check from its recipe beside the digest. The fetch verifies by the check
+# of the request that started it, and by the digest when that check is missing
+# or does not match (`chunk_matches_either`): a wrong check from one registry node
+# costs a second hash, never refuses good bytes to the others, and never lets in
+# bytes that match neither. Each registry node verifies what it gets by its own
+# check again.
 #
 # Only requests from registry nodes are taken: a relay's scrub asking another
 # relay for a copy keeps talking to that relay.
@@ -71,7 +80,7 @@ from treescale.bus.node import (
 )
 from treescale.bus.routing import RouteError, nth_prime
 from treescale.config import Topology
-from treescale.store.digests import ALGORITHM, ALGORITHMS, sha256_digest
+from treescale.store.digests import chunk_matches_either, is_check, is_chunk_digest
 from treescale.store.hashing import Runner, hash_here
 from treescale.store.waycache import ChunkCache
 
@@ -79,27 +88,11 @@ __all__ = [
     "FETCH_TIMEOUT",
     "ChunkTransit",
     "TransitCounts",
-    "is_chunk_digest",
 ]
 
 FETCH_TIMEOUT = 25.0
 """Seconds an upstream fetch may take; under a registry's own chunk-get deadline
 (30 s), so a requester hears the error before it gives up on its own."""
-
-_HEX = frozenset("0123456789abcdef")
-
-
-def is_chunk_digest(value: object) -> bool:
-    """Whether a value names a chunk: ``sha256:`` and 64 lowercase hex digits."""
-    if not isinstance(value, str):
-        return False
-
-    algorithm, _, hex_part = value.partition(":")
-    return (
-        algorithm == ALGORITHM
-        and len(hex_part) == ALGORITHMS[ALGORITHM]
-        and set(hex_part) <= _HEX
-    )
 
 
 @dataclass(frozen=True)
@@ -124,6 +117,8 @@ class _Waiter:
     via: str
     """The neighbour the request came from, toward its origin."""
     digest: str
+    check: str
+    """The chunk's check the requester gave, or empty (see `_Fetch.check`)."""
     fetch: "_Fetch | None" = None
     sending: "Deferred[None] | None" = None
     cancelled: bool = False
@@ -135,6 +130,9 @@ class _Fetch:
 
     digest: str
     holder: str
+    check: str
+    """What the bytes are verified against first: the check of the request
+    that started the fetch (`chunk_matches_either`)."""
     waiters: list[_Waiter] = field(default_factory=list)
     call: "Deferred[Any] | None" = None
 
@@ -250,7 +248,15 @@ class ChunkTransit:
             return None
 
         assert isinstance(digest, str)
-        return _Waiter(origin, frame.event_id, holder, came_from, digest)
+        check = frame.meta.get("check")
+        return _Waiter(
+            origin,
+            frame.event_id,
+            holder,
+            came_from,
+            digest,
+            check if isinstance(check, str) and is_check(check) else "",
+        )
 
     def _came_from_registry(self, origin: str, came_from: str) -> bool:
         """Whether `origin` is a registry node whose link toward us is `came_from`."""
@@ -289,7 +295,7 @@ class ChunkTransit:
             waiter.fetch = fetch
             return
 
-        fetch = _Fetch(waiter.digest, waiter.holder, [waiter])
+        fetch = _Fetch(waiter.digest, waiter.holder, waiter.check, [waiter])
         fetches[waiter.holder] = fetch
         waiter.fetch = fetch
         self._start(fetch)
@@ -304,10 +310,13 @@ class ChunkTransit:
 
     def _start(self, fetch: _Fetch) -> None:
         self._counts["fetches"] += 1
+        meta = {"digest": fetch.digest}
+        if fetch.check:
+            meta["check"] = fetch.check  # for another cache further up
         call = self.bus.request(
             fetch.holder,
             Kind.CHUNK_GET,
-            {"digest": fetch.digest},
+            meta,
             max_reply=self.bus.max_request_data,
             timeout=self.timeout,
             on_progress=partial(self._progress, fetch),
@@ -330,12 +339,14 @@ class ChunkTransit:
             self._send(waiter, self._frame(waiter, Kind.DATA))
 
     def _arrived(self, reply: Message, fetch: _Fetch) -> None:
-        """The chunk came whole: hash it before anything else is done with it."""
+        """The chunk came whole: verify it before anything else is done with it."""
         if not self._current(fetch):
             return
 
         self._counts["fetched_bytes"] += len(reply.data)
-        checking = self.hash_in(sha256_digest, reply.data)
+        checking = self.hash_in(
+            chunk_matches_either, reply.data, fetch.digest, fetch.check
+        )
         fetch.call = checking
         checking.addCallbacks(
             self._verified,
@@ -344,11 +355,11 @@ class ChunkTransit:
             errbackArgs=(fetch,),
         )
 
-    def _verified(self, actual: str, fetch: _Fetch, data: bytes) -> None:
+    def _verified(self, good: bool, fetch: _Fetch, data: bytes) -> None:
         if not self._current(fetch):
             return
 
-        if actual != fetch.digest:
+        if not good:
             self.log.error(
                 "chunk {digest} from {relay} does not match its digest at {node}",
                 digest=fetch.digest,
