@@ -16,7 +16,8 @@ login mode.
 ``status`` asks one registry node, at ``--url`` (default ``http://127.0.0.1:5000``;
 no other host is ever tried), for ``/_treescale/status`` and ``/readyz``, and prints
 the tree indented under its root: each node's roles, state, whether the node asked
-has a direct link to it, and its chunks and bytes (as its relay's last scrub pass
+has a direct link to it (``memory`` when that node runs in the same process), and
+its chunks and bytes (as its relay's last scrub pass
 counted them, ``-`` while unknown). Then come the relays up against the copies
 each chunk has, what the relays' scrubs found missing and re-created, readiness,
 and a table of each relay's scrub; then where the relays' rebalance stands, with
@@ -705,6 +706,8 @@ class StatusView:
     relays_up: int
     links: frozenset[str]
     tree: tuple[NodeView, ...]
+    in_memory: frozenset[str] = frozenset()
+    """The links that are in memory: the neighbours in the node's own process."""
     repair: Mapping[str, ScrubView | None] | None = None
     """Each store relay's last published scrub status (None: not published);
     None as a whole when the node gave no repair progress."""
@@ -752,6 +755,9 @@ def parse_status(body: bytes, where: str) -> StatusView:
             relays=_count(document["relays"]),
             relays_up=_count(document["relays_up"]),
             links=frozenset(_text(link) for link in _items(document.get("links", []))),
+            in_memory=frozenset(
+                _text(link) for link in _items(document.get("links_in_memory", []))
+            ),
             tree=tuple(_node_view(entry) for entry in _items(document["tree"])),
             repair=_repair_views(document.get("repair")),
             placement=_maybe_text(document.get("placement")),
@@ -965,10 +971,7 @@ def _status_rows(status: StatusView) -> list[tuple[str, ...]]:
     """One row per node, depth first from the root, a child indented two spaces."""
     rows: list[tuple[str, ...]] = []
     for node, depth in _walk(status.tree):
-        if node.name == status.node:
-            link = "self"
-        else:
-            link = "direct" if node.name in status.links else "-"
+        link = _link_cell(node.name, status)
         rows.append(
             (
                 "  " * depth + node.name,
@@ -981,6 +984,16 @@ def _status_rows(status: StatusView) -> list[tuple[str, ...]]:
             )
         )
     return rows
+
+
+def _link_cell(name: str, status: StatusView) -> str:
+    """How the node asked reaches `name`: itself, a link in its own process
+    (``memory``), a link to another process (``direct``), or through others."""
+    if name == status.node:
+        return "self"
+    if name in status.in_memory:
+        return "memory"
+    return "direct" if name in status.links else "-"
 
 
 def _stores(status: StatusView) -> list[NodeView]:

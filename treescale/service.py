@@ -321,6 +321,9 @@ class _WithStatus(Resource):
         `STATUS_REPAIR_TIMEOUT` (else ``repair`` or ``rebalance`` is null)."""
         status = tree_status(self.bus.topology, self.bus.me.name, self.bus.reachable)
         status["links"] = sorted(self.bus.links)
+        status["links_in_memory"] = sorted(
+            name for name in self.bus.links if self.bus.in_memory(name)
+        )
         status["link_rates"] = self.link_rates.rates()
         status["topology_version"] = self.bus.topology.version
         now = time.time()

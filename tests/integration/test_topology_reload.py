@@ -173,6 +173,15 @@ def test_one_process_of_every_local_node_starts_and_stops_relays(
         wait_for(lambda: relays_up(topology.http_port) == 3, "3 relays", LINK_TIMEOUT)
         for relay in RELAYS:
             assert f"{REGISTRY} <-> {relay} (in this process)" in (log.read_text())
+        status = run_treescale(
+            "status", "--url", f"http://127.0.0.1:{topology.http_port}"
+        )
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert {
+            line.split()[0]: line.split()[5]
+            for line in status.stdout.splitlines()
+            if line.startswith("  relay-")
+        } == dict.fromkeys(RELAYS, "memory")
         ref = f"127.0.0.1:{topology.http_port}/{REPOSITORY}:one"
         skopeo.push(image, ref)
         assert_pulls_back(skopeo, ref, image, tmp_path / "pulled")

@@ -78,10 +78,13 @@ def serve_tree(
     links: set[str],
     figures: dict[str, dict[str, int]] | None = None,
     needed: int = 2,
+    in_memory: set[str] | None = None,
 ) -> None:
     """Answer as the registry node of `topology` does with `up` reachable."""
     status = tree_status(topology, "registry", lambda name: name in up, figures)
     status["links"] = sorted(links)
+    if in_memory is not None:
+        status["links_in_memory"] = sorted(in_memory)
     answers.pages["/_treescale/status"] = (200, json.dumps(status).encode())
     relays_up = status["relays_up"]
     ready = {"ready": relays_up >= needed, "relays_up": relays_up}
@@ -112,6 +115,26 @@ def test_ready_tree_prints_every_node_and_exits_0(
     assert "healthy" in out
     assert "ready     yes (3 relays reached, 2 needed)" in out
     assert answers.asked == ["/_treescale/status", "/readyz"]
+
+
+def test_a_node_of_the_same_process_shows_its_link_in_memory(
+    node: tuple[str, Answers], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A relay the registry node links in memory (the embedded default's) shows
+    ``memory``; one in another process ``direct``."""
+    url, answers = node
+    everyone = {"registry", "relay-a", "relay-b", "relay-c"}
+    relays = everyone - {"registry"}
+    serve_tree(answers, load(LOCAL_TOML), everyone, relays, in_memory={"relay-a"})
+
+    assert main(["status", "--url", url]) == 0
+
+    links = {
+        line.split()[0]: line.split()[5]
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("  relay-")
+    }
+    assert links == {"relay-a": "memory", "relay-b": "direct", "relay-c": "direct"}
 
 
 def test_not_ready_exits_1_and_says_which_relays_are_down(
