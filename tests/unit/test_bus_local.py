@@ -12,8 +12,10 @@ import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import LogLevel
 
 from tests.unit.bustest import InlinePool, failure, inline_reactor, success, topology
+from tests.unit.test_auth_helpers import LogCapture
 from treescale.bus.frames import Frame, Kind
 from treescale.bus.link import Link
 from treescale.bus.local import HIGH_WATER, LocalNodes, LocalTransport
@@ -184,6 +186,48 @@ def test_a_stopped_node_leaves_the_process_registry() -> None:
     settle(clock)
 
     assert set(local.nodes) == {"root"}
+
+
+def link_events(log: LogCapture) -> dict[str, LogLevel]:
+    """The level of each bus link event logged, by its text."""
+    return {
+        text: event["log_level"]
+        for text, event in zip(log.texts(), log.events, strict=True)
+        if "bus link" in text
+    }
+
+
+def test_stopping_a_node_of_the_process_is_no_warning_on_either_side() -> None:
+    """A node stopped on purpose closes its in-memory links with info lines, on
+    its side and on its peer's: an orderly stop of the embedded default is not a
+    fault."""
+    root, child, clock = linked_pair()
+    root.startService()  # type: ignore[no-untyped-call]
+
+    with LogCapture() as log:
+        child.stopService()
+        settle(clock)
+
+    events = link_events(log)
+    assert "bus link closed: a <-> root (node stopped)" in events
+    assert "bus link closed: root <-> a (node stopped)" in events
+    assert set(events.values()) == {LogLevel.info}
+
+
+def test_a_link_in_memory_dropped_for_a_fault_still_warns() -> None:
+    """An in-memory link dropped while both nodes run is a fault, and says so."""
+    root, _child, clock = linked_pair()
+    root.startService()  # type: ignore[no-untyped-call]
+
+    with LogCapture() as log:
+        root.links["a"].abort("testing")
+        settle(clock)
+
+    assert link_events(log) == {
+        "bus link to a dropped: testing": LogLevel.warn,
+        "bus link down: root <-> a": LogLevel.warn,
+        "bus link down: a <-> root": LogLevel.warn,
+    }
 
 
 def test_data_to_a_neighbour_in_memory_goes_whole_as_one_frame() -> None:

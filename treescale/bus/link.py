@@ -322,12 +322,14 @@ class Link(Protocol):
         self._writable_waiters.append(waiter)
         return waiter
 
-    def abort(self, why: str) -> None:
-        """Close the link at once, logging why."""
+    def abort(self, why: str, *, expected: bool = False) -> None:
+        """Close the link at once, logging why: as a warning, unless it is
+        `expected` (its node is being stopped)."""
         if self._closed:
             return
         peer = self.peer or self.expected_peer
-        self.log.warn(
+        log = self.log.info if expected else self.log.warn
+        log(
             "bus link {direction} {peer} dropped: {why}",
             direction="to" if peer else "from",
             peer=peer or self.peer_address,

@@ -373,7 +373,7 @@ class BusNode(MultiService):
         if self._port is not None:
             await self._port.stopListening()  # type: ignore[misc]
         for link in list(self.links.values()):
-            link.abort("node stopping")
+            link.abort("node stopping", expected=True)
 
     def stopService(self) -> "Deferred[None]":
         return Deferred.fromCoroutine(self._stop())
@@ -567,7 +567,16 @@ class BusNode(MultiService):
         self._told.pop(peer, None)
         self._tell_neighbours()
         self._reach_changed()
-        self.log.warn("bus link down: {node} <-> {peer}", node=self.me.name, peer=peer)
+        if self._stopped_on_purpose(peer, link):
+            self.log.info(
+                "bus link closed: {node} <-> {peer} (node stopped)",
+                node=self.me.name,
+                peer=peer,
+            )
+        else:
+            self.log.warn(
+                "bus link down: {node} <-> {peer}", node=self.me.name, peer=peer
+            )
         self._fail_requests_on(peer, LinkLost(f"link to {peer} lost"))
         self._forget_inbound_via(peer)
         for listener in self.link_listeners:
@@ -858,6 +867,17 @@ class BusNode(MultiService):
             meta={"code": code, "message": message},
         )
         self._send_to(origin, frame)
+
+    def _stopped_on_purpose(self, peer: str, link: Link) -> bool:
+        """Whether a link went down because a node was stopped on purpose: this
+        one, or its peer in this process (a node leaves the process's table as
+        its stop begins). A peer in another process cannot be told apart from
+        one that crashed, so its loss stays a warning."""
+        if not self.running:
+            return True
+        return (
+            link.in_memory and self.local is not None and peer not in self.local.nodes
+        )
 
     # Sending and routing frames.
 
