@@ -520,3 +520,28 @@ def test_a_real_tree_notifies_and_logs_json_lines(
     assert pushed and pushed[0]["repo"] == REPOSITORY
     assert pushed[0]["digest"].startswith("sha256:")
     assert pushed[0]["namespace"] == "treescale.registry.pushes.Pushes"
+
+
+def test_a_real_tree_logs_from_its_level_on(
+    small_image: OciImage, skopeo: Skopeo, tmp_path: Path
+) -> None:
+    """With ``[log] level = "warn"`` a node writes its warnings (a relay of another
+    process lost) and nothing below them: no info line of a push, of twistd's own
+    start, or of the links coming up."""
+    with running_cluster(
+        tmp_path / "cluster", extra='[log]\nlevel = "warn"'
+    ) as cluster:
+        skopeo.push(small_image, f"{cluster.address}/{REPOSITORY}:{TAG}")
+        cluster.stop_node("relay-a")
+        wait_for(
+            lambda: (
+                "bus link down: registry <-> relay-a" in cluster.log_text("registry")
+            ),
+            "the registry to log the relay's link down",
+            30,
+        )
+        text = cluster.log_text("registry")
+
+    assert "#warn] bus link down: registry <-> relay-a" in text
+    assert "#info]" not in text and "#debug]" not in text
+    assert "[-]" not in text  # twistd's own start lines are info too

@@ -1,4 +1,4 @@
-"""Tests of the JSON-lines log: its keys, its values, and how twistd finds it."""
+"""Tests of the JSON-lines log: its keys and its values."""
 
 # Twisted's test helpers carry no annotations yet.
 # mypy: disable-error-code="no-untyped-call"
@@ -6,22 +6,14 @@
 import io
 import json
 import math
-from pathlib import Path
 from typing import Any
 
-from twisted.application.service import Application, IServiceCollection, Service
-from twisted.logger import ILogObserver, LogEvent, Logger, LogLevel
+from twisted.logger import LogEvent, Logger, LogLevel
 from twisted.logger._legacy import publishToNewObserver
 from twisted.python import log as legacy_log
 from twisted.python.failure import Failure
 
-from treescale.ops.jsonlog import (
-    JsonLineObserver,
-    JsonLogging,
-    json_file_observer,
-    json_line,
-    with_json_log,
-)
+from treescale.ops.jsonlog import JsonLineObserver, json_line
 
 
 class Relay:
@@ -163,50 +155,6 @@ def test_json_line_of_a_bare_event() -> None:
         "namespace": "",
         "message": "plain",
     }
-
-
-def test_file_observer_appends_lines(tmp_path: Path) -> None:
-    """To a log file, each event is one more line, flushed at once."""
-    path = tmp_path / "node.log"
-    observer = json_file_observer(str(path))
-    log = Logger(namespace="t", observer=observer)
-    log.info("one {n}", n=1)
-    log.info("two {n}", n=2)
-    lines = [json.loads(line) for line in path.read_text().splitlines()]
-    assert [line["n"] for line in lines] == [1, 2]
-
-
-def test_dash_or_nothing_means_standard_output() -> None:
-    """Like twistd, no log file or ``-`` writes to standard output."""
-    import sys
-
-    assert json_file_observer(None).output is sys.stdout
-    assert json_file_observer("-").output is sys.stdout
-
-
-def test_twistd_application_gets_the_observer() -> None:
-    """Parented to a twistd application, `JsonLogging` sets its ILogObserver, the
-    component twistd's logger reads before it builds its own text observer."""
-    observer = JsonLineObserver(io.StringIO())
-    application = Application("treescale-node")
-    assert application.getComponent(ILogObserver, None) is None
-    child = Service()
-    top = JsonLogging(observer)
-    child.setServiceParent(top)
-    top.setServiceParent(application)
-    assert application.getComponent(ILogObserver, None) is observer
-    assert top in list(IServiceCollection(application))
-    assert child in list(top)
-
-
-def test_with_json_log_wraps_a_service(tmp_path: Path) -> None:
-    """`with_json_log` puts the service under a parent writing to the log file."""
-    service = Service()
-    top = with_json_log(service, str(tmp_path / "twistd.log"))
-    assert isinstance(top, JsonLogging)
-    assert service.parent is top
-    Logger(namespace="t", observer=top.observer).info("up")
-    assert json.loads((tmp_path / "twistd.log").read_text())["message"] == "up"
 
 
 def test_a_class_logger_names_its_class() -> None:

@@ -199,12 +199,20 @@ def test_log_format_json_is_read() -> None:
     assert parse_log(tables('format = "json"'), SOURCE) == LogSettings("json")
 
 
+def test_log_level_is_read_and_info_by_default() -> None:
+    """``level`` names the least level written; info unless given."""
+    assert LogSettings().level == "info"
+    assert parse_log(tables('level = "warn"'), SOURCE) == LogSettings("text", "warn")
+
+
 @pytest.mark.parametrize(
     ("raw", "field", "why"),
     [
         ({"format": "xml"}, "log.format", "not one of"),
         ({"format": 1}, "log.format", "not one of"),
         ({"formt": "json"}, "log.formt", "did you mean 'format'"),
+        ({"level": "verbose"}, "log.level", "not one of"),
+        ({"level": "INFO"}, "log.level", "not one of"),
     ],
 )
 def test_bad_log_fields_are_named(raw: dict[str, Any], field: str, why: str) -> None:

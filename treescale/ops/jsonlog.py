@@ -15,21 +15,17 @@ with: ``relay``, ``repo``, ``digest``, ``nbytes``, ``elapsed`` ... Twisted's
 ``field_<name>``, so those keys always mean the same thing. A value JSON cannot
 hold is written as its ``str``.
 
-twistd looks for an `ILogObserver` on its application before it builds its own
-text observer; `JsonLogging` puts one there, so the JSON lines replace the text
-ones in the same ``--logfile``, rotated the same way.
+`treescale.ops.logsetup` hands twistd a `JsonLineObserver` when ``[log] format``
+is ``"json"``.
 """
 
 import datetime
 import json
 import math
-import sys
 from collections.abc import Mapping
-from typing import IO, Any, cast
+from typing import IO, Any
 
-from twisted.application.service import IService, MultiService
 from twisted.logger import ILogObserver, LogEvent, formatEvent
-from twisted.python.components import Componentized
 from twisted.python.failure import Failure
 from twisted.python.logfile import LogFile
 from zope.interface import implementer
@@ -123,38 +119,3 @@ class JsonLineObserver:
     def __call__(self, event: LogEvent) -> None:
         self.output.write(json_line(event) + "\n")
         self.output.flush()
-
-
-def json_file_observer(logfile: str | None) -> JsonLineObserver:
-    """JSON lines to twistd's ``--logfile`` (rotated by size, as twistd does), or
-    to standard output when it is ``-`` or not given."""
-    if not logfile or logfile == "-":
-        return JsonLineObserver(sys.stdout)
-    rotated = LogFile.fromFullPath(logfile)  # type: ignore[no-untyped-call]
-    return JsonLineObserver(rotated)
-
-
-class JsonLogging(MultiService):
-    """The process's services under one parent that gives twistd its observer.
-
-    `setServiceParent` is the first moment the twistd application exists and the
-    last before twistd starts logging, which is when it asks the application for
-    an `ILogObserver`.
-    """
-
-    def __init__(self, observer: ILogObserver) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
-        self.observer = observer
-
-    def setServiceParent(self, parent: Any) -> None:
-        if isinstance(parent, Componentized):
-            cast(Any, parent).setComponent(ILogObserver, self.observer)
-        super().setServiceParent(parent)  # type: ignore[no-untyped-call]
-
-
-def with_json_log(service: IService, logfile: str | None) -> IService:
-    """`service` under a `JsonLogging` parent writing to `logfile` (see
-    `json_file_observer`): what a twistd plugin returns when the log is JSON."""
-    top = JsonLogging(json_file_observer(logfile))
-    service.setServiceParent(top)
-    return top

@@ -12,6 +12,7 @@
 
     [log]
     format = "json"              # or "text", twistd's own lines
+    level = "info"               # the least level written: debug, info, warn, error
 
 Every number is checked against the bounds in its field's metadata, so one table of
 fields is both the defaults and the rules. Header values may hold secrets: nothing
@@ -30,6 +31,7 @@ from treescale.config_error import ConfigError
 
 ACTIONS = frozenset({"push", "pull", "delete", "mount"})
 LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
 
 # Headers the sender sets itself: an endpoint may not replace them.
 RESERVED_HEADERS = frozenset({"content-type", "content-length", "host"})
@@ -124,6 +126,14 @@ class LogSettings:
             "in the same --logfile"
         },
     )
+    level: str = field(
+        default="info",
+        metadata={
+            "doc": "the least level written, one of "
+            '"debug", "info", "warn", "error", "critical"; "debug" adds a line '
+            "per chunk a caching relay fetches and per TLS probe on the HTTP port"
+        },
+    )
 
 
 def parse_notifications(table: Mapping[str, Any], source: Path) -> NotificationSettings:
@@ -159,12 +169,22 @@ def parse_log(table: Mapping[str, Any], source: Path) -> LogSettings:
     """The settings of a ``[log]`` table, checked."""
     _check_table(table, "log", source)
     _check_known(table, _field_names(LogSettings), "log", source)
-    chosen = table.get("format", LogSettings.format)
-    if chosen not in LOG_FORMATS:
+    chosen = _one_of(table, "format", LOG_FORMATS, source)
+    level = _one_of(table, "level", LOG_LEVELS, source)
+    return LogSettings(format=chosen, level=level)
+
+
+def _one_of(
+    table: Mapping[str, Any], name: str, choices: tuple[str, ...], source: Path
+) -> str:
+    """The ``[log]`` field `name`, which must be one of `choices` (its default
+    when absent)."""
+    value = table.get(name, getattr(LogSettings, name))
+    if value not in choices:
         raise ConfigError(
-            source, None, "log.format", f"{chosen!r} is not one of {LOG_FORMATS}"
+            source, None, f"log.{name}", f"{value!r} is not one of {choices}"
         )
-    return LogSettings(format=chosen)
+    return str(value)
 
 
 def _endpoint(entry: object, where: str, source: Path) -> NotificationEndpoint:

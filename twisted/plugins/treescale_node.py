@@ -42,7 +42,7 @@ class TreescaleNodeMaker:
         from twisted.internet import reactor
 
         from treescale.config import ConfigError, load
-        from treescale.ops.jsonlog import with_json_log
+        from treescale.ops.logsetup import with_log
         from treescale.service import fail_start, make_process_service
 
         path = Path(options["config"] or DEFAULT_CONFIG)
@@ -55,10 +55,8 @@ class TreescaleNodeMaker:
             )
         except (ConfigError, ValueError) as e:
             fail_start(str(e))
-        if topology.log.format != "json":
-            return service
         twistd = getattr(options, "parent", None) or {}
-        return with_json_log(service, twistd.get("logfile"))
+        return with_log(service, topology.log, twistd)
 
 
 service_maker = TreescaleNodeMaker()
