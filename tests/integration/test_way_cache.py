@@ -35,6 +35,9 @@ from .cluster import (
     Cluster,
     Topology,
     free_ports,
+    relay_chunk_files,
+    torn_chunk_files,
+    wait_for,
 )
 from .test_failures import node_pid, nodes_with_tracebacks
 
@@ -223,4 +226,41 @@ def test_registry_nodes_behind_a_cache_fetch_each_chunk_upstream_once(
     again = relays_sent(hub_tree) - before
 
     assert again < BLOB_SIZE * 0.05, again / BLOB_SIZE
+    assert nodes_with_tracebacks(hub_tree) == []
+
+
+def test_bad_bytes_caught_on_the_way_are_put_right_on_their_relay(
+    hub_tree: Cluster,
+) -> None:
+    """A relay whose copies rotted sends bad bytes to the hub, which refuses
+    them (they are neither cached nor passed on); the registry node takes each
+    chunk from its other holder and sends the good bytes back to the rotten one,
+    which sets its copy aside and stores them."""
+    topology = hub_tree.topology
+    assert isinstance(topology, HubTopology)
+    port = topology.http_ports[REGISTRIES[1]]
+    data = os.urandom(BLOB_SIZE)
+    digest = push_blob(topology.http_ports[REGISTRIES[0]], data)
+    rotten = relay_chunk_files(hub_tree, "relay-a")
+    assert rotten
+    for path in rotten.values():
+        with path.open("r+b") as chunk:
+            chunk.seek(100)
+            byte = chunk.read(1)
+            chunk.seek(100)
+            chunk.write(bytes([byte[0] ^ 0xFF]))
+
+    assert pull_digest(port, digest) == digest
+
+    hub_log = hub_tree.log_text(HUB)
+    assert "bad bytes for chunk" in hub_log and "from relay-a" in hub_log
+    wait_for(
+        lambda: len(torn_chunk_files(hub_tree)) < len(rotten),
+        "the registry node to put good bytes back on relay-a",
+        30,
+    )
+    assert "re-creating chunk" in hub_tree.log_text(REGISTRIES[1])
+    quarantined = topology.data_dir / "relay-a" / "quarantine"
+    assert any(quarantined.rglob("*")), "no rotten copy set aside"
+    assert pull_digest(port, digest) == digest
     assert nodes_with_tracebacks(hub_tree) == []

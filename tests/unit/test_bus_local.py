@@ -209,7 +209,7 @@ def test_stopping_a_node_of_the_process_is_no_warning_on_either_side() -> None:
         settle(clock)
 
     events = link_events(log)
-    assert "bus link closed: a <-> root (node stopped)" in events
+    assert "bus link closed: a <-> root (node stopping)" in events
     assert "bus link closed: root <-> a (node stopped)" in events
     assert set(events.values()) == {LogLevel.info}
 

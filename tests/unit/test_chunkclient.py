@@ -410,6 +410,24 @@ def test_home_that_lost_its_copy_is_sent_the_good_bytes() -> None:
     assert puts[0].meta == {"digest": DIGEST, "size": len(DATA), "repair": True}
 
 
+@pytest.mark.parametrize("code", ["chunk_missing", "chunk_corrupt", "bad_bytes"])
+def test_a_home_whose_copy_was_found_lost_on_the_way_is_repaired(code: str) -> None:
+    """An answer saying the home's copy is lost, from the home itself or from a
+    cache on the way that caught its bytes failing (``bad_bytes``), has the home
+    sent the good bytes."""
+    order = candidates()
+    bus = FakeBus()
+    bus.auto = {
+        order[0]: lambda call: call.refuse(code),
+        order[1]: lambda call: call.reply(DATA),
+    }
+
+    assert success(get(client(bus))) == DATA
+
+    puts = [call for call in bus.calls if call.kind == Kind.CHUNK_PUT]
+    assert [(call.dest, call.meta.get("repair")) for call in puts] == [(order[0], True)]
+
+
 def test_home_that_sent_bad_bytes_is_sent_the_good_bytes() -> None:
     """Relays send what they hold unhashed: a home whose copy rotted is caught by
     the get's own check, and is sent the verified bytes in its place."""

@@ -100,6 +100,9 @@ class Link(Protocol):
         self._handshake_timer: IDelayedCall | None = None
         self._stall_timer: IDelayedCall | None = None
         self._closed = False
+        self.closed_because: str | None = None
+        """Why the link was closed on purpose (its node stopping, an edit that
+        took the peer away); None while open or when it was lost."""
         self.bytes_sent = 0
         """Bytes written to the transport, for the status page's link rates."""
         self.bytes_received = 0
@@ -329,6 +332,8 @@ class Link(Protocol):
             return
         peer = self.peer or self.expected_peer
         log = self.log.info if expected else self.log.warn
+        if expected:
+            self.closed_because = why
         log(
             "bus link {direction} {peer} dropped: {why}",
             direction="to" if peer else "from",

@@ -272,7 +272,10 @@ class BusNode(MultiService):
         for peer, link in list(self.links.items()):
             why = self._link_refusal(peer, link)
             if why is not None:
-                link.abort(f"topology version {topology.version}: {why}")
+                link.abort(
+                    f"topology version {topology.version}: {why}",
+                    expected=peer not in self.routes.neighbours,
+                )
 
         self._tell_neighbours()
         for listener in self.topology_listeners:
@@ -567,11 +570,13 @@ class BusNode(MultiService):
         self._told.pop(peer, None)
         self._tell_neighbours()
         self._reach_changed()
-        if self._stopped_on_purpose(peer, link):
+        closed_because = self._closed_on_purpose(peer, link)
+        if closed_because is not None:
             self.log.info(
-                "bus link closed: {node} <-> {peer} (node stopped)",
+                "bus link closed: {node} <-> {peer} ({why})",
                 node=self.me.name,
                 peer=peer,
+                why=closed_because,
             )
         else:
             self.log.warn(
@@ -868,16 +873,19 @@ class BusNode(MultiService):
         )
         self._send_to(origin, frame)
 
-    def _stopped_on_purpose(self, peer: str, link: Link) -> bool:
-        """Whether a link went down because a node was stopped on purpose: this
-        one, or its peer in this process (a node leaves the process's table as
-        its stop begins). A peer in another process cannot be told apart from
-        one that crashed, so its loss stays a warning."""
+    def _closed_on_purpose(self, peer: str, link: Link) -> str | None:
+        """Why a link went down on purpose, or None when it was lost: this node
+        closed it (stopping, or an edit took the peer away), or this node is
+        stopping, or its peer in this process was stopped (a node leaves the
+        process's table as its stop begins). A peer in another process that
+        stops cannot be told apart from one that crashed: a warning."""
+        if link.closed_because is not None:
+            return link.closed_because
         if not self.running:
-            return True
-        return (
-            link.in_memory and self.local is not None and peer not in self.local.nodes
-        )
+            return "node stopping"
+        if link.in_memory and self.local is not None and peer not in self.local.nodes:
+            return "node stopped"
+        return None
 
     # Sending and routing frames.
 

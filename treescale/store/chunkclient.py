@@ -86,8 +86,10 @@ def name_of(data: bytes, digest: str = "") -> tuple[str, str]:
     return digest or sha256_digest(data), check_of(data)
 
 
-# What a relay answers when its copy of a chunk is gone or failed verification.
-LOST_COPY_CODES = frozenset({"chunk_missing", "chunk_corrupt"})
+# What a relay answers when its copy of a chunk is gone or failed verification,
+# and what a cache on the way answers for the relay whose bytes it caught failing
+# (`treescale.store.transit`): either way that relay's copy is put back.
+LOST_COPY_CODES = frozenset({"chunk_missing", "chunk_corrupt", "bad_bytes"})
 
 
 @dataclass(frozen=True)

@@ -361,7 +361,7 @@ class ChunkTransit:
 
         if not good:
             self.log.error(
-                "chunk {digest} from {relay} does not match its digest at {node}",
+                "bad bytes for chunk {digest} from {relay}, caught at {node}",
                 digest=fetch.digest,
                 relay=fetch.holder,
                 node=self.bus.me.name,
