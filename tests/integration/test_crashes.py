@@ -29,6 +29,8 @@ from pathlib import Path
 
 import pytest
 
+from treescale.registry.saved_uploads import new_upload_id
+
 from .cluster import (
     REGISTRY,
     RELAYS,
@@ -290,4 +292,54 @@ def test_upload_session_survives_a_registry_restart(cluster: Cluster) -> None:
     logged = cluster.log_text(REGISTRY)
     assert "restored from its record" in logged
     assert "hash restored" in logged
+    assert nodes_with_tracebacks(cluster) == []
+
+
+def test_a_ranged_chunk_right_after_a_restart_waits_for_its_session(
+    cluster: Cluster,
+) -> None:
+    """A chunk with a Content-Range sent as soon as the registry node is back, to
+    a session it has not read back yet, is checked once the session is restored:
+    at the wrong offset 416 with the offset, at the right one taken. A ranged
+    chunk or a DELETE for a session that does not exist is 404, not 503."""
+    blob = os.urandom(2 * MiB + 777)
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    half = len(blob) // 2
+    octets = {"Content-Type": "application/octet-stream"}
+    status, headers, _ = request(cluster, "POST", f"/v2/{REPOSITORY}/blobs/uploads/")
+    location = headers["location"]
+    status, headers, _ = request(cluster, "PATCH", location, blob[:half], octets)
+    assert (status, headers["range"]) == (202, f"0-{half - 1}")
+
+    def restart() -> None:
+        cluster.stop_node(REGISTRY, kill=True)
+        cluster.start_node(REGISTRY)
+        cluster.wait_for_relays(len(cluster.relays), timeout=30)
+
+    def ranged(first: int) -> tuple[int, dict[str, str], bytes]:
+        rest = blob[first:]
+        last = f"{first}-{first + len(rest) - 1}"
+        return request(
+            cluster, "PATCH", location, rest, {**octets, "Content-Range": last}
+        )
+
+    restart()
+    status, headers, body = ranged(half + 1)
+    assert (status, headers["range"]) == (416, f"0-{half - 1}"), body
+
+    restart()
+    status, headers, body = ranged(half)
+    assert (status, headers["range"]) == (202, f"0-{len(blob) - 1}"), body
+    status, _, _ = request(cluster, "PUT", f"{location}?digest={digest}")
+    assert status == 201
+    assert http_get(cluster, f"/v2/{REPOSITORY}/blobs/{digest}") == (200, blob)
+
+    unknown = f"/v2/{REPOSITORY}/blobs/uploads/{new_upload_id('sha256')}"
+    for method, body_bytes, extra in (
+        ("PATCH", b"0123456789", {**octets, "Content-Range": "0-9"}),
+        ("DELETE", b"", {}),
+    ):
+        status, _, answer = request(cluster, method, unknown, body_bytes, extra)
+        assert status == 404, (method, answer)
+        assert json.loads(answer)["errors"][0]["code"] == "BLOB_UPLOAD_UNKNOWN"
     assert nodes_with_tracebacks(cluster) == []

@@ -47,7 +47,9 @@ from treescale.registry.names import (
 )
 from treescale.registry.ranges import parse_content_range, parse_count, upload_range
 from treescale.registry.request import BodySink, StreamingRequest
+from treescale.registry.restoring import RangeAfterRestore
 from treescale.registry.routes import Endpoint, Route, parse_route
+from treescale.registry.saved_uploads import SavedUpload
 from treescale.registry.settings import RegistrySettings
 from treescale.registry.uploads import UploadSession, UploadSessions
 from treescale.store.digests import ALGORITHM, algorithm_of, digest_of
@@ -102,20 +104,39 @@ class Pushes:
             and query(request, "mount") is None
         )
 
-    def _claim_session_for_body(self, request: Request, route: Route) -> UploadSession:
-        """Check an upload request before its body, and claim its session."""
+    def _claim_session_for_body(
+        self, request: Request, route: Route
+    ) -> UploadSession | RangeAfterRestore:
+        """Check an upload request before its body, and claim its session; what
+        the body goes to."""
         repo = self._repo(route)
+        sink: UploadSession | RangeAfterRestore
         if route.endpoint is Endpoint.UPLOAD_START:
             digest = self._digest_param(request)
-            session = self._open_session(request, repo, algorithm_of(digest))
+            session = sink = self._open_session(request, repo, algorithm_of(digest))
         else:
             session = self.sessions.get(route.reference, repo)
-            self._check_chunk_range(request, session)
+            sink = self._range_checked(request, session)
             if request.method == b"PUT":
                 self._check_closing_digest(session, self._digest_param(request))
 
         self.sessions.claim(session)
         request.notifyFinish().addBoth(self._request_ended, session, route)
+        return sink
+
+    def _range_checked(
+        self, request: Request, session: UploadSession
+    ) -> UploadSession | RangeAfterRestore:
+        """The session, its chunk's Content-Range checked; or, while the session
+        is being restored, a sink that checks it once it is back."""
+        restoring = isinstance(session.upload, SavedUpload) and session.upload.restoring
+        if restoring and header(request, "content-range") is not None:
+            return RangeAfterRestore(
+                session,
+                self.sessions.ready(session),
+                lambda restored: self._check_chunk_range(request, restored),
+            )
+        self._check_chunk_range(request, session)
         return session
 
     def _request_ended(
@@ -274,8 +295,10 @@ class Pushes:
         return await self._finish_upload(request, session, self._digest_param(request))
 
     async def upload_delete(self, request: Request, route: Route, repo: str) -> bytes:
-        """``DELETE`` an upload session, giving its upload up."""
+        """``DELETE`` an upload session, giving its upload up; 404 for one that
+        is not there, known only once its record was looked for."""
         session = self.sessions.get(route.reference, repo)
+        await self.sessions.ready(session)
         self.sessions.claim(session)
         self.sessions.cancel(session)
         return empty_response(request, 204)
@@ -294,12 +317,12 @@ class Pushes:
     async def _body_session(self, request: Request, route: Route) -> UploadSession:
         """The session this request's body went into, streamed or fed from a buffer."""
         if isinstance(request, StreamingRequest) and request.request_line_known:
-            return self._streamed_session(request)
+            return await self._streamed_session(request)
 
         if getattr(request, "body_overflow", False):
             raise ApiError(SIZE_INVALID, {"reason": "body too large to buffer"})
 
-        session = self._claim_session_for_body(request, route)
+        session = await _settled(self._claim_session_for_body(request, route))
         try:
             self._feed(request, session)
         except Exception as error:
@@ -316,10 +339,14 @@ class Pushes:
                 return
             session.write(piece)
 
-    def _streamed_session(self, request: StreamingRequest) -> UploadSession:
+    async def _streamed_session(self, request: StreamingRequest) -> UploadSession:
         """The session a streaming request wrote its body into, or why it did not."""
         session = request.body_sink
         error = request.body_error
+        if isinstance(session, RangeAfterRestore):
+            await session.settled
+            error = error or session.error
+            session = session.session
         if error is not None:
             if isinstance(session, UploadSession):
                 self._drop_failed(session, error)
@@ -463,3 +490,14 @@ class Pushes:
                 manifest, digest, size, self.settings.max_referrer_descriptor
             )
             await self.metadata.add_referrer(repo, subject, descriptor)
+
+
+async def _settled(sink: UploadSession | RangeAfterRestore) -> UploadSession:
+    """The session a body goes to, once a range waiting for its restore is
+    checked; raises the check's refusal."""
+    if isinstance(sink, UploadSession):
+        return sink
+    await sink.settled
+    if sink.error is not None:
+        raise sink.error
+    return sink.session
