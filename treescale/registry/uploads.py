@@ -104,6 +104,12 @@ class UploadSession:
         self.upload.unregister_producer()
 
 
+# Shortcoming: a session held here is not checked against its record again, so
+# an upload whose requests alternate between two live registry nodes (a load
+# balancer without sticky sessions) splits in two: each node goes on from its
+# own copy, and the closing digest check refuses the blob (nothing wrong is
+# stored). Fixing it means reading the record (and waiting for this node's own
+# last write of it) before each request takes a session held in memory.
 class UploadSessions:
     """The table of sessions in progress, with its cap and its idle expiry."""
 
