@@ -18,7 +18,7 @@ from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
@@ -873,6 +873,22 @@ def test_rejections_are_logged_with_reason(world: World) -> None:
     assert len(rejected) == 1
     assert rejected[0]["path"] == "/v2/a/blobs/sha256:zz"
     assert rejected[0]["detail"]["reason"] == "malformed digest"
+
+
+def test_a_head_that_finds_nothing_is_logged_at_debug(world: World) -> None:
+    """A HEAD answered 404 is a client asking whether a blob is there (every
+    push asks it of each layer): logged at debug, while a GET that finds nothing
+    stays at info."""
+    missing = "/v2/a/blobs/sha256:" + "0" * 64
+    world.send("HEAD", missing)
+    world.send("GET", missing)
+
+    levels = [
+        (event["method"], event["log_level"])
+        for event in world.events
+        if event.get("code") == "BLOB_UNKNOWN"
+    ]
+    assert levels == [("HEAD", LogLevel.debug), ("GET", LogLevel.info)]
 
 
 def test_completed_uploads_and_pushes_are_logged(world: World) -> None:

@@ -302,7 +302,11 @@ class Registry:
                 **fields,
             )
         else:
-            self.log.info(
+            # A HEAD that finds nothing is how clients ask whether a blob or
+            # manifest is there (every push asks it of each layer): not news.
+            probe = error.status == 404 and request.method == b"HEAD"
+            log = self.log.debug if probe else self.log.info
+            log(
                 "rejected {method} {path}: {status} {code} {message} {detail}",
                 status=error.status,
                 code=error.error.code,

@@ -376,7 +376,8 @@ class Pushes:
         await self.metadata.link(session.repo, digest, size)
         elapsed = self.clock.seconds() - session.started
         self.log.info(
-            "upload of {digest} into {repo} complete: {nbytes} bytes in {elapsed} s",
+            "upload of {digest} into {repo} complete: "
+            "{nbytes} bytes in {elapsed:.2f} s",
             digest=digest,
             repo=session.repo,
             nbytes=size,
