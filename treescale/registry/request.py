@@ -290,6 +290,9 @@ class StreamingSite(Site):
 
     requestFactory = StreamingRequest
     protocol = RegistryChannel  # type: ignore[assignment]
+    noisy = False
+    """No "Starting factory <object at 0x...>" lines: the port's own line says
+    where the site listens."""
 
     def __init__(
         self,
