@@ -9,7 +9,8 @@ from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
 from treescale.registry.errors import BLOB_UPLOAD_RANGE, BLOB_UPLOAD_UNKNOWN, ApiError
-from treescale.registry.restoring import MAX_HELD_BYTES, RangeAfterRestore
+from treescale.registry.held_body import MAX_HELD_BYTES
+from treescale.registry.restoring import RangeAfterRestore
 from treescale.registry.uploads import UploadSession
 from treescale.store.errors import StorageUnavailable, UploadFailed
 

@@ -5,8 +5,8 @@ before a byte of it reaches the upload when it does not. The size of an upload
 this node is still reading back from its record (after a restart, or a session
 begun on another registry node) is not known yet, so the check waits for it:
 `RangeAfterRestore` is the body's sink meanwhile. It pauses the body, holds the
-few bytes that came with the headers (at most `MAX_HELD_BYTES`, the bound of a
-restoring upload's own), and once the upload is back runs the check:
+few bytes that came with the headers (`treescale.registry.held_body`, as a
+restoring upload does), and once the upload is back runs the check:
 a chunk that fits goes on into the session, held bytes first; one that does not,
 or a session that could not be restored (an unknown or expired one, say), is
 refused with that error, and the upload is left as it was.
@@ -21,7 +21,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
 
-from treescale.registry.saved_uploads import MAX_HELD_BYTES
+from treescale.registry.held_body import HeldBody
 from treescale.registry.uploads import UploadSession
 from treescale.store.errors import UploadFailed
 
@@ -39,10 +39,7 @@ class RangeAfterRestore:
         self.session = session
         self.error: Exception | None = None
         self._check = check
-        self._held: list[bytes] = []
-        self._held_bytes = 0
-        self._producer: IPushProducer | None = None
-        self._paused = False
+        self._body = HeldBody()
         self._handed_over = False
         self.settled: Deferred[None] = Deferred()
         """Fires once the chunk is let through or refused."""
@@ -55,16 +52,13 @@ class RangeAfterRestore:
         if self._handed_over:
             self.session.register_producer(producer)
             return
-        self._producer = producer
-        if not self.settled.called and not self._paused:
-            self._paused = True
-            producer.pauseProducing()
+        self._body.hold_producer(producer, pause=not self.settled.called)
 
     def unregister_producer(self) -> None:
         if self._handed_over:
             self.session.unregister_producer()
             return
-        self._release_producer()
+        self._body.let_go()
 
     def write(self, data: bytes) -> None:
         if self.error is not None:
@@ -72,35 +66,21 @@ class RangeAfterRestore:
         if self._handed_over:
             self.session.write(data)
             return
-        if self._held_bytes + len(data) > MAX_HELD_BYTES:
-            raise UploadFailed("too many bytes arrived while the session was restored")
-        self._held.append(bytes(data))
-        self._held_bytes += len(data)
+        self._body.hold(data)
 
     # The check.
 
     def _restored(self, _: object) -> None:
         try:
             self._check(self.session)
-        except Exception as error:
-            self._refuse(error)
-            return
-
-        held, self._held, self._held_bytes = self._held, [], 0
-        try:
-            for data in held:
+            for data in self._body.take_bytes():
                 self.session.write(data)
         except Exception as error:
             self._refuse(error)
             return
 
         self._handed_over = True
-        producer, self._producer = self._producer, None
-        if producer is not None:
-            self.session.register_producer(producer)
-            if self._paused:
-                self._paused = False
-                producer.resumeProducing()
+        self._body.hand_over(self.session.register_producer)
         self.settled.callback(None)
 
     def _failed(self, failure: Failure) -> None:
@@ -110,15 +90,9 @@ class RangeAfterRestore:
         """Refuse the chunk: drop what was held, and let the rest of the body
         come in to be dropped too (the answer follows the body)."""
         self.error = error if isinstance(error, Exception) else UploadFailed(str(error))
-        self._held, self._held_bytes = [], 0
-        self._release_producer()
+        self._body.drop()
+        self._body.let_go()
         self.settled.callback(None)
-
-    def _release_producer(self) -> None:
-        producer, self._producer = self._producer, None
-        if producer is not None and self._paused:
-            self._paused = False
-            producer.resumeProducing()
 
 
 async def _awaited(awaitable: Awaitable[object]) -> object:

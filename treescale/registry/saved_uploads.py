@@ -25,6 +25,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 
+from treescale.registry.held_body import HeldBody
 from treescale.store.digests import ALGORITHM, ALGORITHMS
 from treescale.store.errors import StorageUnavailable, UploadFailed
 from treescale.store.interface import BlobUpload, CheckpointedUpload
@@ -34,9 +35,6 @@ SESSION_RECORD_VERSION = 1
 MAX_SESSION_RECORD = 512 * 1024
 """The largest session record written; an upload of more chunks than fit is not
 saved any more (its old record is deleted) and cannot survive a restart."""
-MAX_HELD_BYTES = 4 * 1024 * 1024
-"""Body bytes a session being restored takes before its upload is back; the body
-is paused at once, so only what was already in flight arrives."""
 
 _ID = re.compile(
     r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"
@@ -133,10 +131,7 @@ class SavedUpload:
         self._inner: BlobUpload | None = None
         self._failure: Exception | None = None
         self._waiting: list[Deferred[BlobUpload]] = []
-        self._held: list[bytes] = []
-        self._held_bytes = 0
-        self._producer: IPushProducer | None = None
-        self._we_paused = False
+        self._body = HeldBody()
         self._aborted = False
 
     # Becoming ready.
@@ -152,25 +147,19 @@ class SavedUpload:
             inner.abort()
             return
         self._inner = inner
-        held, self._held, self._held_bytes = self._held, [], 0
         try:
-            for data in held:
+            for data in self._body.take_bytes():
                 inner.write(data)
         except Exception as error:
             self._failure = error
 
-        producer, self._producer = self._producer, None
-        if producer is not None:
-            if self._we_paused:
-                self._we_paused = False
-                producer.resumeProducing()
-            inner.register_producer(producer)
+        self._body.hand_over(inner.register_producer)
         self._wake()
 
     def fail(self, error: Exception) -> None:
         """The upload could not be restored: every use from now on raises `error`."""
         self._failure = error
-        self._held, self._held_bytes = [], 0
+        self._body.drop()
         self.unregister_producer()
         self._wake()
 
@@ -211,19 +200,13 @@ class SavedUpload:
         if self._inner is not None:
             self._inner.register_producer(producer)
             return
-        self._producer = producer
-        if self.restoring and not self._we_paused:
-            self._we_paused = True
-            producer.pauseProducing()
+        self._body.hold_producer(producer, pause=self.restoring)
 
     def unregister_producer(self) -> None:
         if self._inner is not None:
             self._inner.unregister_producer()
             return
-        producer, self._producer = self._producer, None
-        if producer is not None and self._we_paused:
-            self._we_paused = False
-            producer.resumeProducing()
+        self._body.let_go()
 
     def write(self, data: bytes) -> None:
         if self._failure is not None:
@@ -231,10 +214,7 @@ class SavedUpload:
         if self._inner is not None:
             self._inner.write(data)
             return
-        if self._held_bytes + len(data) > MAX_HELD_BYTES:
-            raise UploadFailed("too many bytes arrived while the session was restored")
-        self._held.append(bytes(data))
-        self._held_bytes += len(data)
+        self._body.hold(data)
 
     async def drain(self) -> None:
         """Wait for the chunks cut so far, then save the upload in its record
