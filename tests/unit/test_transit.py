@@ -22,7 +22,7 @@ from treescale.bus.link import Link
 from treescale.bus.node import HandlerError, Message, RemoteError
 from treescale.config import Topology, parse
 from treescale.store import digests
-from treescale.store.chunkclient import ChunkClient
+from treescale.store.chunkclient import ChunkClient, chunk_get_meta
 from treescale.store.digests import check_of, sha256_digest
 from treescale.store.placement import holders_of
 from treescale.store.transit import ChunkTransit
@@ -119,9 +119,12 @@ class Hub:
         **options: Any,
     ) -> "Deferred[Message]":
         """A chunk get as a registry node's chunk client sends it."""
-        meta = {"digest": digest, "check": check} if check else {"digest": digest}
         return self.tree[origin].request(
-            holder, Kind.CHUNK_GET, meta, max_reply=len(DATA), **options
+            holder,
+            Kind.CHUNK_GET,
+            chunk_get_meta(digest, check),
+            max_reply=len(DATA),
+            **options,
         )
 
     def asked(self) -> int:

@@ -86,6 +86,13 @@ def name_of(data: bytes, digest: str = "") -> tuple[str, str]:
     return digest or sha256_digest(data), check_of(data)
 
 
+def chunk_get_meta(digest: str, check: str = "") -> dict[str, object]:
+    """The meta of a chunk-get: the digest the holder needs, and the chunk's
+    check when known, for a cache on the way to verify the bytes by
+    (`treescale.store.transit`)."""
+    return {"digest": digest, "check": check} if check else {"digest": digest}
+
+
 # What a relay answers when its copy of a chunk is gone or failed verification,
 # and what a cache on the way answers for the relay whose bytes it caught failing
 # (`treescale.store.transit`): either way that relay's copy is put back.
@@ -350,15 +357,13 @@ class ChunkClient:
         ref: tuple[str, int, str],
         on_progress: Callable[[], None],
     ) -> "Deferred[Message]":
-        """Ask `name` for the chunk `ref` (digest, size, check). The check goes
-        with the request, for a cache on the way to verify the bytes by
-        (`treescale.store.transit`); the holder needs only the digest."""
+        """Ask `name` for the chunk `ref` (digest, size, check)."""
         digest, size, check = ref
         self._load[name] = self._load.get(name, 0) + size
         call = self.bus.request(
             name,
             Kind.CHUNK_GET,
-            {"digest": digest, "check": check} if check else {"digest": digest},
+            chunk_get_meta(digest, check),
             max_reply=size,
             timeout=self.settings.get_timeout,
             on_progress=on_progress,

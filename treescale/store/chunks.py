@@ -43,9 +43,8 @@ from typing import BinaryIO, Literal
 from twisted.logger import Logger
 
 from treescale.durable import fsync_folder
-from treescale.store.digests import ALGORITHM
+from treescale.store.digests import ALGORITHM, is_chunk_digest
 
-_DIGEST = re.compile(ALGORITHM + r":([0-9a-f]{64})")
 _HEX = re.compile(r"[0-9a-f]{64}")
 _PART_SUFFIX = ".part"
 
@@ -78,10 +77,9 @@ def _hex_of(digest: str) -> str:
     The hex becomes a file name, so this check is what keeps a hostile digest such as
     ``sha256:../../x`` from naming a path outside the store.
     """
-    match = _DIGEST.fullmatch(digest) if isinstance(digest, str) else None
-    if match is None:
+    if not is_chunk_digest(digest):
         raise ChunkError(f"not a sha256 digest: {digest!r:.80}")
-    return match.group(1)
+    return digest.removeprefix(f"{ALGORITHM}:")
 
 
 class ChunkWriter:

@@ -80,6 +80,7 @@ from treescale.bus.node import (
 )
 from treescale.bus.routing import RouteError, nth_prime
 from treescale.config import Topology
+from treescale.store.chunkclient import chunk_get_meta
 from treescale.store.digests import chunk_matches_either, is_check, is_chunk_digest
 from treescale.store.hashing import Runner, hash_here
 from treescale.store.waycache import ChunkCache
@@ -310,13 +311,10 @@ class ChunkTransit:
 
     def _start(self, fetch: _Fetch) -> None:
         self._counts["fetches"] += 1
-        meta = {"digest": fetch.digest}
-        if fetch.check:
-            meta["check"] = fetch.check  # for another cache further up
         call = self.bus.request(
             fetch.holder,
             Kind.CHUNK_GET,
-            meta,
+            chunk_get_meta(fetch.digest, fetch.check),  # a cache further up may verify
             max_reply=self.bus.max_request_data,
             timeout=self.timeout,
             on_progress=partial(self._progress, fetch),
