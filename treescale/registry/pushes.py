@@ -377,7 +377,7 @@ class Pushes:
         elapsed = self.clock.seconds() - session.started
         self.log.info(
             "upload of {digest} into {repo} complete: "
-            "{nbytes} bytes in {elapsed:.2f} s",
+            "{nbytes} bytes, {elapsed:.2f} s after its session began",
             digest=digest,
             repo=session.repo,
             nbytes=size,
